@@ -1,0 +1,3 @@
+from qdiverge.cli import main
+
+main()

@@ -1,0 +1,106 @@
+"""The contract every engine meets, and the onnxruntime plumbing the float and sim engines share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from qdiverge.errors import InputError
+
+Feeds = Mapping[str, np.ndarray]
+
+
+class Engine(Protocol):
+    """Runs a model on float feeds and returns float arrays keyed by ONNX tensor name."""
+
+    name: str
+
+    def run(self, feeds: Feeds, capture: Iterable[str] = ()) -> dict[str, np.ndarray]:
+        """Model outputs plus every tensor named in ``capture``."""
+        ...
+
+
+def make_session(proto: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
+    """A CPU onnxruntime session with default graph optimizations (as aimet-onnx uses)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(
+            proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"onnxruntime cannot build the model: {first}") from exc
+
+
+def expose_outputs(proto: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """Copy of ``proto`` whose graph outputs also include ``names`` (types left to ORT)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    present = {o.name for o in out.graph.output}
+    for name in names:
+        if name not in present:
+            out.graph.output.append(onnx.ValueInfoProto(name=name))
+            present.add(name)
+    return out
+
+
+def extract_suffix(proto: onnx.ModelProto, inputs: Iterable[str], outputs: Iterable[str]) -> onnx.ModelProto:
+    """The part of ``proto`` that computes ``outputs`` from the tensors ``inputs`` (which become inputs).
+
+    Walks back from the outputs and stops at the given inputs, so nothing upstream of the cut is kept.
+    """
+    cut = set(inputs)
+    wanted = list(outputs)
+    producer = {o: n for n in proto.graph.node for o in n.output}
+    init_names = {t.name for t in proto.graph.initializer}
+    keep: set[int] = set()
+    index_of = {id(n): i for i, n in enumerate(proto.graph.node)}
+    stack = [t for t in wanted if t not in cut]
+    seen: set[str] = set()
+    used_inits: set[str] = set()
+    graph_inputs = {i.name for i in proto.graph.input}
+    needed_graph_inputs: set[str] = set()
+    while stack:
+        tensor = stack.pop()
+        if tensor in seen or not tensor:
+            continue
+        seen.add(tensor)
+        if tensor in cut:
+            continue
+        if tensor in init_names:
+            used_inits.add(tensor)
+            continue
+        node = producer.get(tensor)
+        if node is None:
+            if tensor in graph_inputs:
+                needed_graph_inputs.add(tensor)
+                continue
+            raise InputError(f"cannot cut the graph: tensor {tensor!r} has no producer")
+        keep.add(index_of[id(node)])
+        stack.extend(i for i in node.input if i)
+    sub = onnx.ModelProto()
+    sub.CopyFrom(proto)
+    graph = sub.graph
+    nodes = [n for i, n in enumerate(proto.graph.node) if i in keep]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    inits = [t for t in proto.graph.initializer if t.name in used_inits]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    kept_inputs = [i for i in proto.graph.input if i.name in needed_graph_inputs]
+    del graph.input[:]
+    graph.input.extend(kept_inputs)
+    used = {i for n in nodes for i in n.input} | set(wanted)
+    for name in sorted(cut & used):
+        graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    del graph.output[:]
+    graph.output.extend(onnx.ValueInfoProto(name=o) for o in wanted)
+    del graph.value_info[:]
+    return sub

@@ -1,0 +1,62 @@
+"""Target profiles: every arithmetic choice of a target named as data.
+
+Kernels branch on these fields, never on a profile's name. Profiles are YAML files validated into
+these frozen dataclasses by ``qdiverge.profiles.load``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+ROUNDINGS = ("half_up", "half_away", "half_even", "floor", "trunc")
+MULTIPLIERS = ("q31", "q31_unnormalized", "q15", "q15_truncated", "float32", "float64")
+
+
+@dataclass(frozen=True)
+class RequantSpec:
+    """How an int32 (or int64) value is rescaled to an output encoding.
+
+    ``multiplier``: fixed-point form of the real multiplier M (``q31``: normalised 31-bit mantissa plus
+    shift; ``q31_unnormalized``: round(M * 2^31) for M < 1 (Hexagon NN); ``q15``: 15-bit;
+    ``float32``/``float64``: multiply in float (ONNX Runtime style)). ``rounding``: the tie rule.
+    ``double_rounding``: gemmlowp SRDHM then rounding shift (two roundings). ``zero_point``: ``after``
+    (add z_out after rounding) or ``folded`` (round(z_out / M) added to the accumulator first).
+    ``scale_precision``: whether M = s_in * s_w / s_out is formed in float32 or float64.
+    """
+
+    multiplier: str = "q31"
+    rounding: str = "half_up"
+    double_rounding: bool = False
+    zero_point: str = "after"
+    scale_precision: str = "float64"
+
+
+@dataclass(frozen=True)
+class LutSpec:
+    """Non-linear activations as tables from input code to output code."""
+
+    ops: tuple[str, ...] = ("HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Erf", "Gelu", "Exp", "Elu", "Softplus")
+    rounding: str = "half_even"
+    compute: str = "float32"  # precision of f(x) when the table is built: float32 | float64
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A target's integer arithmetic."""
+
+    name: str
+    description: str = ""
+    accumulator: str = "wrap"  # int32 overflow: wrap | saturate
+    weight_rounding: str = "half_even"  # how the converter turns float weights into codes
+    bias_bits: int = 32  # 32: int32 at s_in*s_w; 8: 8-bit symmetric bias re-expressed at s_in*s_w
+    bias_rounding: str = "half_even"
+    input_rounding: str = "half_even"  # quantizing float graph inputs
+    input_reciprocal: bool = True  # x * (1/s) (HTP core) instead of x / s (ONNX)
+    conv: RequantSpec = field(default_factory=RequantSpec)  # Conv, ConvTranspose, Gemm, MatMul
+    eltwise: RequantSpec = field(default_factory=RequantSpec)  # Add, Sub, Mul, Div
+    eltwise_left_shift: int = 20  # headroom bits before rescaling add inputs (TFLite: 20 for 8 bit)
+    rescale: RequantSpec = field(default_factory=RequantSpec)  # Concat inputs, pooling, Resize, Relu/Clip
+    lut: LutSpec = field(default_factory=LutSpec)
+    fusions: tuple[tuple[str, ...], ...] = (("Conv", "Relu"), ("Conv", "Clip"))
+    derive_missing: str = "minmax"  # how a tensor the target needs but the export lacks is encoded
+    notes: tuple[str, ...] = ()
