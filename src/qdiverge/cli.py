@@ -1,11 +1,146 @@
-"""Command-line interface (placeholder; filled in below)."""
+"""Command-line interface: parse, load, run, and map errors to exit codes.
+
+Exit codes: 0 success (gate passed), 1 gate failed, 2 unusable input or usage error, 3 internal
+error (traceback only with ``--debug``), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
 
 import click
 
 from qdiverge import __version__
+from qdiverge.errors import InputError, QdivergeError
+
+log = logging.getLogger("qdiverge")
 
 
-@click.group()
+class GateFailed(Exception):
+    """A CI threshold did not hold (exit 1)."""
+
+
+def _common(func):
+    """Options shared by every command that loads a model."""
+    options = [
+        click.argument("model", type=click.Path(dir_okay=False, path_type=Path)),
+        click.argument("encodings", required=False, type=click.Path(dir_okay=False, path_type=Path)),
+        click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+                     help="AIMET quantsim config JSON the model was quantized with (supergroups, per-channel)."),
+        click.option("--target", default="htp", show_default=True,
+                     help="Target profile: htp, hexagon-nn, tflite, onnx, or a YAML path."),
+        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
+                     help="Fix a dynamic input shape, e.g. input:1,3,224,224 (repeatable)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _inputs(func):
+    options = [
+        click.option("--inputs", "inputs", type=click.Path(dir_okay=False, path_type=Path),
+                     help=".npy (one input, first axis = samples), .npz keyed by input name, or input_list.txt."),
+        click.option("--samples", default=0, show_default="all, or 4 random", type=int,
+                     help="Number of samples to use; random inputs within the input encoding without --inputs."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed for random inputs."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _workspace(model, encodings, config, target, input_shapes):
+    from qdiverge.loading.model import parse_input_shapes
+    from qdiverge.pipeline import open_workspace
+
+    ws = open_workspace(model, encodings, config, parse_input_shapes(input_shapes), target)
+    for warning in ws.warnings:
+        log.warning(warning)
+    return ws
+
+
+def _source(ws, inputs, samples, seed, default_samples: int = 4):
+    from qdiverge.loading.inputs import input_source
+
+    return input_source(ws.model, inputs, samples or (0 if inputs else default_samples), seed, ws.encodings)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="qdiverge")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and results; no progress.")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
+    """Find where and why a quantized model diverges between AIMET QuantSim and a Qualcomm DSP/HTP.
+
+    \b
+    Typical use:
+      qdiverge bisect model.onnx model.encodings --config quantsim_config.json
+      qdiverge run model.onnx model.encodings --engine emulate -o out.npz
+    """
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    ctx.obj = {"quiet": quiet, "debug": debug}
+
+
+@cli.command()
+@_common
+@_inputs
+@click.option("--engine", type=click.Choice(["float", "sim", "emulate"]), default="sim", show_default=True,
+              help="float: the FP32 model; sim: AIMET QuantSim reproduction; emulate: fixed-point DSP emulator.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output .npz (arrays keyed by ONNX tensor name, first axis = samples).")
+@click.option("--dump-all", is_flag=True, help="Write every encoded tensor, not just the model outputs.")
+@click.option("--integers", is_flag=True, help="emulate only: also write raw integer codes as NAME::codes.")
+def run(model, encodings, config, target, input_shapes, inputs, samples, seed, engine, output, dump_all, integers):
+    """Run one engine over the inputs and write the outputs as float arrays."""
+    from qdiverge.runner import run_engine
+
+    ws = _workspace(model, encodings, config, target, input_shapes)
+    source = _source(ws, inputs, samples, seed, default_samples=1)
+    flagged = run_engine(ws, source, engine, output, dump_all=dump_all, integers=integers)
+    for line in flagged:
+        click.echo(f"FLAG | {line}", err=True)
+    click.echo(f"wrote {output} ({source.samples} sample(s), engine {engine})")
+
+
 def main() -> None:
-    """qdiverge: where and why a quantized model diverges between AIMET QuantSim and a Qualcomm DSP."""
+    """Entry point: run the click group and turn every failure into an exit code and one line."""
+    debug = "--debug" in sys.argv
+    start = time.perf_counter()
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except GateFailed as exc:
+        click.echo(f"FAILED | {exc} | {time.perf_counter() - start:.1f}s", err=True)
+        sys.exit(1)
+    except QdivergeError as exc:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except MemoryError:
+        click.echo("error: out of memory; use fewer --samples or a smaller --input-shape", err=True)
+        sys.exit(2)
+    except Exception as exc:  # a bug: say so, hide the traceback unless asked
+        if debug:
+            traceback.print_exc()
+        click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", err=True)
+        sys.exit(3)
+
+
+__all__ = ["GateFailed", "InputError", "cli", "main"]

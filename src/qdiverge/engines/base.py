@@ -24,10 +24,18 @@ class Engine(Protocol):
         ...
 
 
-def make_session(proto: onnx.ModelProto, threads: int = 0) -> ort.InferenceSession:
-    """A CPU onnxruntime session with default graph optimizations (as aimet-onnx uses)."""
+def make_session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True) -> ort.InferenceSession:
+    """A CPU onnxruntime session, with default graph optimizations unless ``optimize`` is False.
+
+    ``optimize=False`` runs every node as its own kernel on unpacked weights: no fusions, no NCHWc
+    layout rewrite, no weight prepacking. That is what aimet-onnx's sim session ends up doing, because
+    its QcQuantizeOp custom nodes sit on every weight and activation and block those rewrites.
+    """
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         options.intra_op_num_threads = threads
     try:

@@ -3,7 +3,11 @@
 Weights are fake-quantized once, offline, with ``quant.aimet_qdq``. After every tensor with an
 activation encoding the graph gets AIMET's quantize-dequantize written in ONNX ops. ONNX ``Round``
 rounds half to even, AIMET rounds half away from zero, so ties are fixed up with Floor/Equal/Where.
-Float ops run on onnxruntime's CPU kernels, the kernels AIMET's own session uses.
+Float ops run on onnxruntime's CPU kernels, the kernels AIMET's own session uses, and like AIMET's
+session they run unfused: in aimet-onnx a QcQuantizeOp custom node (enabled or not) follows every weight
+and every activation, so onnxruntime cannot fuse across ops, rewrite convolutions to its NCHWc layout or
+prepack weights. Left on, the NCHWc rewrite alone changes the float summation order of large
+convolutions and flips values across rounding boundaries (seen on a 128->256 3x3 conv).
 """
 
 from __future__ import annotations
@@ -40,16 +44,18 @@ def _qdq_nodes(tensor: str, out: str, enc: Encoding, shape: tuple[int, ...] | No
             helper.make_node("Cast", [p + "h"], [out], to=TensorProto.FLOAT),
         ]
         return nodes, []
-    rank = len(shape) if shape is not None else 1
     if enc.per_channel and shape is None:
         raise ValueError(f"per-channel activation {tensor} needs a known shape")
-    bshape = tuple(shape) if enc.per_channel else (1,) * rank
-    scale, offset, vmin, vmax = float32_params(enc, bshape)
+    # per-tensor constants are 0-d so that the QDQ never changes the tensor's shape (scalars stay scalars)
+    params = float32_params(enc, tuple(shape)) if enc.per_channel else float32_params(enc, (1,))
+    if not enc.per_channel:
+        params = tuple(v.reshape(()) for v in params)
+    scale, offset, vmin, vmax = params
     consts = [
-        numpy_helper.from_array(np.asarray(scale, np.float32).reshape(scale.shape), p + "scale"),
-        numpy_helper.from_array(np.asarray(offset, np.float32).reshape(offset.shape), p + "offset"),
-        numpy_helper.from_array(np.asarray(vmin, np.float32).reshape(vmin.shape), p + "min"),
-        numpy_helper.from_array(np.asarray(vmax, np.float32).reshape(vmax.shape), p + "max"),
+        numpy_helper.from_array(np.asarray(scale, np.float32), p + "scale"),
+        numpy_helper.from_array(np.asarray(offset, np.float32), p + "offset"),
+        numpy_helper.from_array(np.asarray(vmin, np.float32), p + "min"),
+        numpy_helper.from_array(np.asarray(vmax, np.float32), p + "max"),
         numpy_helper.from_array(np.array(0.5, np.float32), p + "half"),
         numpy_helper.from_array(np.array(1.0, np.float32), p + "one"),
     ]
@@ -135,8 +141,16 @@ def _rename_producer_output(graph: onnx.GraphProto, old: str, new: str) -> None:
 class OrtGraphEngine:
     """Runs an ONNX graph on onnxruntime, caching one session per set of captured tensors."""
 
-    def __init__(self, name: str, proto: onnx.ModelProto, outputs: list[str], visible: dict[str, str]):
+    def __init__(
+        self,
+        name: str,
+        proto: onnx.ModelProto,
+        outputs: list[str],
+        visible: dict[str, str],
+        optimize: bool = True,
+    ):
         self.name = name
+        self._optimize = optimize
         self._proto = proto
         self._outputs = outputs
         self._visible = visible
@@ -152,7 +166,7 @@ class OrtGraphEngine:
         session = self._sessions.get(names)
         if session is None:
             proto = expose_outputs(self._proto, [self.internal(n) for n in names])
-            session = make_session(proto)
+            session = make_session(proto, optimize=self._optimize)
             self._sessions[names] = session
         results = session.run([self.internal(n) for n in names], dict(feeds))  # type: ignore[attr-defined]
         return dict(zip(names, results, strict=True))
@@ -164,7 +178,7 @@ class OrtGraphEngine:
         key = ("::raw", *names)
         session = self._sessions.get(key)
         if session is None:
-            session = make_session(expose_outputs(self._proto, list(raw.values())))
+            session = make_session(expose_outputs(self._proto, list(raw.values())), optimize=self._optimize)
             self._sessions[key] = session
         results = session.run(list(raw.values()), dict(feeds))  # type: ignore[attr-defined]
         return dict(zip(names, results, strict=True))
@@ -180,7 +194,7 @@ class OrtGraphEngine:
         if session is None:
             computed = [o for o in internal_out if o not in internal_in]
             sub = extract_suffix(self._proto, internal_in, computed) if computed else None
-            session = make_session(sub) if sub is not None else None
+            session = make_session(sub, optimize=self._optimize) if sub is not None else None
             self._suffix[key] = session
         results: dict[str, np.ndarray] = {n: np.asarray(cut_feeds[n]) for n in passthrough}
         if session is not None:
@@ -194,7 +208,7 @@ class OrtGraphEngine:
 
 def sim_engine(model: Model, encodings: EncodingSet) -> OrtGraphEngine:
     graph = build_sim_graph(model, encodings)
-    return OrtGraphEngine("sim", graph.proto, model.outputs, graph.visible)
+    return OrtGraphEngine("sim", graph.proto, model.outputs, graph.visible, optimize=False)
 
 
 def float_engine(model: Model) -> OrtGraphEngine:

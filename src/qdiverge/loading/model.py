@@ -251,7 +251,13 @@ def _file_digest(path: Path) -> str:
 def load_model(path: str | Path, input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> Model:
     """Load ``path`` (with external data from its folder) and build the topological view."""
     path = Path(path)
-    proto = _read_proto(path)
+    return model_from_proto(_read_proto(path), path, input_shapes)
+
+
+def model_from_proto(
+    proto: onnx.ModelProto, path: Path, input_shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> Model:
+    """Build the topological view of an in-memory ``proto`` (modified in place) read from ``path``."""
     for node in proto.graph.node:
         if node.op_type in CONTROL_FLOW_OPS:
             raise UnsupportedError(
@@ -307,5 +313,5 @@ def load_model(path: str | Path, input_shapes: Mapping[str, tuple[int, ...]] | N
         producer=producer,
         consumers=consumers,
         opset=opset,
-        sha256=_file_digest(path),
+        sha256=_file_digest(path) if path.is_file() else "",
     )

@@ -22,6 +22,7 @@ class RequantSpec:
     ``double_rounding``: gemmlowp SRDHM then rounding shift (two roundings). ``zero_point``: ``after``
     (add z_out after rounding) or ``folded`` (round(z_out / M) added to the accumulator first).
     ``scale_precision``: whether M = s_in * s_w / s_out is formed in float32 or float64.
+    ``zero_point_rounding``: tie rule of the folded zero point ``round(z_out / M)`` (``folded`` only).
     """
 
     multiplier: str = "q31"
@@ -29,6 +30,7 @@ class RequantSpec:
     double_rounding: bool = False
     zero_point: str = "after"
     scale_precision: str = "float64"
+    zero_point_rounding: str = "half_even"
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,10 @@ class Profile:
     eltwise: RequantSpec = field(default_factory=RequantSpec)  # Add, Sub, Mul, Div
     eltwise_left_shift: int = 20  # headroom bits before rescaling add inputs (TFLite: 20 for 8 bit)
     rescale: RequantSpec = field(default_factory=RequantSpec)  # Concat inputs, pooling, Resize, Relu/Clip
+    eltwise_method: str = "tflite"  # Add/Sub: tflite (3 Q multipliers) | hexagon_nn (14-bit) | float (ORT)
+    concat_method: str = "requant"  # inputs to the output encoding: requant (rescale spec) | lut | hexagon_nn
+    pool_method: str = "requant"  # AveragePool/GlobalAveragePool/ReduceMean: requant | tflite | hexagon_nn | float
+    resize_method: str = "q10"  # bilinear Resize: q10 (TFLite 10-bit weights) | exact (rational weights)
     lut: LutSpec = field(default_factory=LutSpec)
     fusions: tuple[tuple[str, ...], ...] = (("Conv", "Relu"), ("Conv", "Clip"))
     derive_missing: str = "minmax"  # how a tensor the target needs but the export lacks is encoded

@@ -46,6 +46,7 @@ class Binding:
     input_shapes: Sequence[tuple[int, ...] | None]
     profile: Any  # qdiverge.profiles.schema.Profile (kept loose here to avoid an import cycle)
     fused: Sequence[Node] = field(default_factory=tuple)  # activation nodes fused into this one
+    fused_constants: Sequence[Sequence[np.ndarray | None]] = field(default_factory=tuple)  # per fused node
 
 
 class Kernel(Protocol):

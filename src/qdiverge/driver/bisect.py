@@ -1,0 +1,262 @@
+"""The bisection driver: split, layerwise, cumulative and search modes over streamed samples.
+
+Per sample the sim runs once (capturing every tensor) and the emulator runs once (keeping every
+tensor); split mode then runs only the sim *suffix* after each cut, fed with the emulator's values
+of the tensors live across it. Metrics accumulate across samples, so memory does not grow with
+the sample count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from qdiverge.driver.cuts import Cut, plan_cuts
+from qdiverge.encodings.schema import Encoding
+from qdiverge.engines.qtensor import QTensor
+from qdiverge.loading.inputs import InputSource
+from qdiverge.metrics import MetricsAccumulator, TensorMetrics
+from qdiverge.quant import quantize_aimet
+
+MODES = ("split", "layerwise", "cumulative", "search")
+Progress = Callable[[str], None]
+
+
+@dataclass
+class StepOutcome:
+    """Everything measured for one emulator step (one target op, after fusion)."""
+
+    index: int
+    node: str
+    op_type: str
+    tensor: str
+    encoding: Encoding | None
+    flags: tuple[str, ...]
+    nodes: tuple[str, ...]
+    isolated: TensorMetrics | None = None
+    cumulative: TensorMetrics | None = None
+    split_final: TensorMetrics | None = None
+    contribution: float = 0.0
+
+
+@dataclass
+class BisectResult:
+    steps: list[StepOutcome]
+    input_cut: TensorMetrics | None
+    final_emu_vs_sim: TensorMetrics | None
+    final_sim_vs_float: TensorMetrics | None
+    search_first_cut: int | None = None
+    search_runs: int = 0
+    samples: int = 0
+    modes: tuple[str, ...] = ()
+    suffix_runs: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _step_tensor(step) -> str:
+    return step.outputs[-1] if step.outputs else ""
+
+
+def _as_feed(q: QTensor, dtype: np.dtype | None = None) -> np.ndarray:
+    value = q.dequantize()
+    return value.astype(dtype) if dtype is not None and value.dtype != dtype else value
+
+
+def _quantized_view(value: np.ndarray, enc: Encoding | None) -> QTensor:
+    """The codes the sim holds for ``value`` (exact when ``value`` is on ``enc``'s grid)."""
+    if enc is None or enc.is_float or value.dtype.kind != "f":
+        return QTensor.from_float(value)
+    return QTensor(codes=quantize_aimet(value, enc), encoding=enc)
+
+
+def _final_metric_value(m: TensorMetrics, metric: str) -> float:
+    """A scalar that grows with divergence, so contribution = increase from one cut to the next."""
+    if metric == "sqnr":
+        return m.noise_ratio
+    if metric == "mse":
+        return m.mse
+    if metric == "cosine":
+        return 1.0 - m.cosine
+    if metric == "top1":
+        return 1.0 - (m.top1 if m.top1 is not None else 1.0)
+    if metric == "lsb":
+        return m.max_lsb if m.max_lsb is not None else m.max_abs_diff
+    raise ValueError(metric)
+
+
+class Bisector:
+    """Runs the requested modes for one workspace over an input source."""
+
+    def __init__(self, sim, emulator, float_engine, outputs: Sequence[str], output_encodings: dict[str, Encoding]):
+        self.sim = sim
+        self.emu = emulator
+        self.float = float_engine
+        self.outputs = list(outputs)
+        self.output_encodings = output_encodings
+        self.steps = list(emulator.steps)
+        self.cuts: list[Cut] = plan_cuts(
+            emulator.model,
+            [tuple(n.name for n in s.nodes) for s in self.steps],
+            [tuple(s.outputs) for s in self.steps],
+        )
+
+    def _final_acc(self) -> dict[str, MetricsAccumulator]:
+        return {o: MetricsAccumulator(self.output_encodings.get(o), topk=5) for o in self.outputs}
+
+    def run(
+        self,
+        source: InputSource,
+        modes: Sequence[str],
+        search_threshold_db: float | None = None,
+        progress: Progress | None = None,
+    ) -> BisectResult:
+        modes = tuple(m for m in MODES if m in modes)
+        steps = self.steps
+        iso = [MetricsAccumulator(self.emu.target_encodings.get(_step_tensor(s))) for s in steps]
+        cum = [MetricsAccumulator(self.emu.target_encodings.get(_step_tensor(s))) for s in steps]
+        split = [self._final_acc() for _ in self.cuts]
+        final = self._final_acc()
+        sim_vs_float = self._final_acc()
+        captured = sorted({t for s in steps for t in (*s.inputs, *s.outputs)})
+        samples = 0
+        suffix_runs = 0
+        search_votes: list[int] = []
+        for sample in source:
+            samples += 1
+            if progress:
+                progress(f"sample {samples}/{source.samples}: sim + emulator")
+            sim_vals = self.sim.run(sample, capture=captured)
+            emu_vals = self.emu.run(sample, keep="all")
+            float_out = self.float.run(sample)
+            for o in self.outputs:
+                final[o].update(sim_vals[o], emu_vals[o].dequantize())
+                sim_vs_float[o].update(float_out[o], sim_vals[o])
+            if "cumulative" in modes:
+                for k, s in enumerate(steps):
+                    t = _step_tensor(s)
+                    if t in emu_vals and t in sim_vals:
+                        cum[k].update(sim_vals[t], emu_vals[t].dequantize())
+            if "layerwise" in modes:
+                for k, s in enumerate(steps):
+                    feeds = {
+                        t: _quantized_view(sim_vals[t], self.emu.target_encodings.get(t))
+                        for t in s.inputs
+                        if t in sim_vals
+                    }
+                    out = self.emu.run_step(s, feeds)
+                    t = _step_tensor(s)
+                    if t in out and t in sim_vals:
+                        iso[k].update(sim_vals[t], out[t].dequantize())
+            if "split" in modes:
+                for c, cut in enumerate(self.cuts):
+                    if progress and c % 10 == 0:
+                        progress(f"sample {samples}/{source.samples}: cut {c + 1}/{len(self.cuts)}")
+                    got = self._run_cut(cut, emu_vals)
+                    suffix_runs += 1
+                    for o in self.outputs:
+                        split[c][o].update(sim_vals[o], got[o])
+            if "search" in modes and search_threshold_db is not None:
+                first, runs = self._search(emu_vals, sim_vals, search_threshold_db)
+                suffix_runs += runs
+                if first is not None:
+                    search_votes.append(first)
+        if samples == 0:
+            raise ValueError("no samples")
+
+        outcomes = []
+        for k, s in enumerate(steps):
+            t = _step_tensor(s)
+            outcomes.append(
+                StepOutcome(
+                    index=k,
+                    node=s.nodes[0].name if s.nodes else t,
+                    op_type="+".join(n.op_type for n in s.nodes) or "Input",
+                    tensor=t,
+                    encoding=self.emu.target_encodings.get(t),
+                    flags=tuple(s.flags),
+                    nodes=tuple(n.name for n in s.nodes),
+                    isolated=iso[k].result() if "layerwise" in modes and iso[k].count else None,
+                    cumulative=cum[k].result() if "cumulative" in modes and cum[k].count else None,
+                )
+            )
+        result = BisectResult(
+            steps=outcomes,
+            input_cut=None,
+            final_emu_vs_sim=_combine(final),
+            final_sim_vs_float=_combine(sim_vs_float),
+            samples=samples,
+            modes=modes,
+            suffix_runs=suffix_runs,
+        )
+        if "split" in modes:
+            per_cut = [_combine(acc) for acc in split]
+            result.input_cut = per_cut[0]
+            for k, outcome in enumerate(outcomes):
+                outcome.split_final = per_cut[k + 1]
+        if search_votes:
+            result.search_first_cut = min(search_votes)
+        result.search_runs = suffix_runs if modes == ("search",) else 0
+        return result
+
+    def _run_cut(self, cut: Cut, emu_vals: dict[str, QTensor]) -> dict[str, np.ndarray]:
+        feeds = {t: _as_feed(emu_vals[t]) for t in cut.live}
+        return self.sim.run_suffix(feeds, self.outputs)
+
+    def _search(self, emu_vals, sim_vals, threshold_db: float) -> tuple[int | None, int]:
+        """Binary search for the first cut whose final-output SQNR falls below ``threshold_db``."""
+        lo, hi = 0, len(self.cuts) - 1
+        runs = 0
+
+        def below(c: int) -> bool:
+            nonlocal runs
+            runs += 1
+            got = self._run_cut(self.cuts[c], emu_vals)
+            acc = self._final_acc()
+            for o in self.outputs:
+                acc[o].update(sim_vals[o], got[o])
+            return _combine(acc).sqnr_db < threshold_db
+
+        if not below(hi):
+            return None, runs
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if below(mid):
+                hi = mid
+            else:
+                lo = mid + 1
+        return self.cuts[lo].step_index, runs
+
+
+def _combine(accs: dict[str, MetricsAccumulator]) -> TensorMetrics:
+    """One metrics record over all model outputs (the first output when there is only one)."""
+    values = list(accs.values())
+    merged = values[0]
+    for other in values[1:]:
+        merged = merged.merged(other)
+    return merged.result()
+
+
+def rank(result: BisectResult, metric: str) -> list[StepOutcome]:
+    """Set each step's contribution (increase in final-output divergence it causes) and sort."""
+    previous = _final_metric_value(result.input_cut, metric) if result.input_cut else 0.0
+    for outcome in result.steps:
+        if outcome.split_final is None:
+            outcome.contribution = _isolated_score(outcome)
+            continue
+        current = _final_metric_value(outcome.split_final, metric)
+        outcome.contribution = current - previous
+        previous = current
+    return sorted(result.steps, key=lambda o: (-_finite(o.contribution), -_isolated_score(o), o.index))
+
+
+def _isolated_score(o: StepOutcome) -> float:
+    if o.isolated is None:
+        return 0.0
+    return o.isolated.max_lsb if o.isolated.max_lsb is not None else o.isolated.max_abs_diff
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else 1e300

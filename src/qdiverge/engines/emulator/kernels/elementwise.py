@@ -1,0 +1,369 @@
+"""Element-wise integer kernels: Add, Sub, Mul, Div, Relu, Clip, LeakyRelu, PRelu.
+
+Add/Sub schemes (``Profile.eltwise_method``, §2.5 / §4.5 / §3.2):
+
+* ``tflite``: both inputs shifted left by ``L`` bits, brought to ``2*max(s1, s2)`` with their own Q31
+  multipliers, summed, then requantized to the output: three roundings of ``profile.eltwise``.
+  ``L = min(profile.eltwise_left_shift, 30 - bitwidth)`` so the shifted value fits int32 at 16 bit.
+* ``hexagon_nn``: ``a_scale = RHAZ(a_f 2^rsh 256)`` (about 14 bits, float32 prepare), floor ``>> 8``,
+  int16-saturated offset, then ``(p + 2^(rsh-1)) >> rsh`` (8-bit only).
+* ``float``: ONNX Runtime's QLinearAdd (AVX2 kernel, ``qladd_avx2.cpp``): ``r_i = f(s_i) / f(s_out)``,
+  ``fixed = z_out - (r_a z_a + r_b z_b)``, ``y = R(fma(q_a, r_a, fma(q_b, r_b, fixed)))`` in the float
+  precision of ``profile.eltwise.multiplier``, rounded with ``profile.eltwise.rounding``. (ORT's SSE2 and
+  16-bit paths round the products separately, so they can differ at near-ties.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from qdiverge.encodings.schema import Encoding
+from qdiverge.engines.emulator.fixed_point import (
+    INT16_MAX,
+    INT16_MIN,
+    INT32_MAX,
+    INT32_MIN,
+    quantize_multiplier,
+    round_to_int,
+    rounding_divide,
+)
+from qdiverge.engines.emulator.kernels.activation import Table, lookup, prepare_table
+from qdiverge.engines.emulator.kernels.rescale import (
+    RescaleParams,
+    float_dtype,
+    prepare_rescale,
+    ratio,
+    rescale,
+    scalar_encoding,
+)
+from qdiverge.engines.emulator.registry import Binding, Unsupported, kernel
+from qdiverge.engines.emulator.requant import RequantParams, apply_requant, prepare_requant
+from qdiverge.quant import dequantize, quantize_aimet
+
+# ---------------------------------------------------------------------------------------------- add, sub
+
+
+@dataclass(frozen=True)
+class AddParams:
+    method: str
+    sign: int  # +1 Add, -1 Sub
+    za: int
+    zb: int
+    qmin: int
+    qmax: int
+    left_shift: int = 0
+    rq_a: RequantParams | None = None
+    rq_b: RequantParams | None = None
+    rq_out: RequantParams | None = None
+    a_scale: int = 0  # hexagon_nn
+    b_scale: int = 0
+    offset: int = 0
+    rsh: int = 0
+    ua: int = 0  # qmin of each input: hexagon_nn works on unsigned codes
+    ub: int = 0
+    ratios: tuple[float, float, float] = (0.0, 0.0, 0.0)  # float: r_a, r_b, fixed part
+    dtype: Any = np.float64
+    rounding: str = "half_even"
+
+
+def _prepare_add(b: Binding, sign: int) -> AddParams:
+    sa, za = scalar_encoding(b.input_encodings[0], "input A")
+    sb, zb = scalar_encoding(b.input_encodings[1], "input B")
+    out = b.output_encodings[0]
+    so, zo = scalar_encoding(out, "output")
+    assert out is not None
+    spec, method = b.profile.eltwise, b.profile.eltwise_method
+    base = dict(sign=sign, za=za, zb=zb, qmin=out.qmin, qmax=out.qmax)
+    if method == "tflite":
+        bits = max(e.bitwidth for e in (b.input_encodings[0], b.input_encodings[1]) if e is not None)
+        shift = min(b.profile.eltwise_left_shift, 30 - bits)
+        twice_max = 2.0 * max(sa, sb)
+        return AddParams(
+            "tflite",
+            left_shift=shift,
+            rq_a=prepare_requant(ratio(spec, sa, 1.0, twice_max), spec, 0),
+            rq_b=prepare_requant(ratio(spec, sb, 1.0, twice_max), spec, 0),
+            rq_out=prepare_requant(ratio(spec, twice_max, 1.0, (1 << shift) * so), spec, zo),
+            **base,
+        )
+    if method == "hexagon_nn":
+        encs = (b.input_encodings[0], b.input_encodings[1], out)
+        if any(e is None or e.bitwidth > 8 for e in encs):
+            raise Unsupported("hexagon_nn add is 8-bit only")
+        f32 = np.float32
+        out_scl = f32(1.0) / f32(so)
+        a_f, b_f = f32(out_scl * f32(sa)), f32(out_scl * f32(sb))
+        _, scexp = np.frexp(f32(f32(a_f + b_f) * f32(16384.0 / 16380.0)))
+        rsh = min(6 - int(scexp), 7)
+        if rsh < 0:
+            raise Unsupported("hexagon_nn add: input/output scale ratio too large")
+        a_scale = int(round_to_int(np.array([a_f * f32(2.0**rsh * 256.0)]), "half_away")[0])
+        b_scale = int(round_to_int(np.array([b_f * f32(2.0**rsh * 256.0)]), "half_away")[0]) * sign
+        ua, ub = za - encs[0].qmin, zb - encs[1].qmin  # zero points as unsigned codes
+        intzero = (ua * a_scale + ub * b_scale) >> 8
+        z_out_u = zo - out.qmin
+        offset = int(round_to_int(np.array([z_out_u * 2.0**rsh]), "half_away")[0]) - intzero
+        offset = int(np.clip(offset, INT16_MIN, INT16_MAX))
+        return AddParams(
+            "hexagon_nn", a_scale=a_scale, b_scale=b_scale, offset=offset, rsh=rsh,
+            ua=encs[0].qmin, ub=encs[1].qmin, **base,
+        )  # fmt: skip
+    if method == "float":
+        dt = float_dtype(spec)
+        r_a, r_b = dt(dt(sa) / dt(so)), dt(dt(dt(sb) / dt(so)) * dt(sign))
+        fixed = dt(dt(zo) - dt(dt(r_a * dt(za)) + dt(r_b * dt(zb))))
+        ratios = (float(r_a), float(r_b), float(fixed))
+        return AddParams("float", ratios=ratios, dtype=dt, rounding=spec.rounding, **base)
+    raise Unsupported(f"eltwise_method {method!r}")
+
+
+def _run_add(p: AddParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if p.method == "tflite":
+        assert p.rq_a is not None and p.rq_b is not None and p.rq_out is not None
+        xa = apply_requant((a - p.za) << p.left_shift, p.rq_a, INT32_MIN, INT32_MAX)
+        xb = apply_requant((b - p.zb) << p.left_shift, p.rq_b, INT32_MIN, INT32_MAX)
+        return apply_requant(xa + p.sign * xb, p.rq_out, p.qmin, p.qmax)
+    if p.method == "hexagon_nn":
+        p1 = ((a - p.ua) * p.a_scale + (b - p.ub) * p.b_scale) >> 8
+        p2 = np.clip(p1 + p.offset, INT16_MIN, INT16_MAX)
+        return np.clip((p2 + ((1 << p.rsh) >> 1)) >> p.rsh, 0, 255) + p.qmin
+    # two fused multiply-adds, one rounding each; a float32 fma is exact in float64 and then rounded once
+    # (the product has at most 24 + 17 significant bits and the addend is float32)
+    dt, r_a, r_b, fixed = p.dtype, *p.ratios
+    t = (b.astype(np.float64) * r_b + fixed).astype(dt)
+    v = (a.astype(np.float64) * r_a + t.astype(np.float64)).astype(dt)
+    return np.clip(round_to_int(v, p.rounding), p.qmin, p.qmax)
+
+
+@kernel("Add")
+class Add:
+    @staticmethod
+    def prepare(b: Binding) -> AddParams:
+        return _prepare_add(b, 1)
+
+    @staticmethod
+    def run(p: AddParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _run_add(p, a, b)
+
+
+@kernel("Sub")
+class Sub:
+    @staticmethod
+    def prepare(b: Binding) -> AddParams:
+        return _prepare_add(b, -1)
+
+    @staticmethod
+    def run(p: AddParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _run_add(p, a, b)
+
+
+# ---------------------------------------------------------------------------------------------- mul, div
+
+
+@dataclass(frozen=True)
+class MulParams:
+    za: int
+    zb: int
+    zo: int
+    qmin: int
+    qmax: int
+    requant: RequantParams | None = None  # Mul
+    qm: int = 0  # Div: M ~= qm * 2^(shift - 31)
+    shift: int = 0
+    rounding: str = "half_even"
+
+
+def _encodings3(b: Binding) -> tuple[float, int, float, int, float, int, Encoding]:
+    sa, za = scalar_encoding(b.input_encodings[0], "input A")
+    sb, zb = scalar_encoding(b.input_encodings[1], "input B")
+    out = b.output_encodings[0]
+    so, zo = scalar_encoding(out, "output")
+    assert out is not None
+    return sa, za, sb, zb, so, zo, out
+
+
+@kernel("Mul")
+class Mul:
+    """``y = clamp(R((a - z_a)(b - z_b) * M) + z_out)``, one multiplier ``M = s_a s_b / s_out``."""
+
+    @staticmethod
+    def prepare(b: Binding) -> MulParams:
+        sa, za, sb, zb, so, zo, out = _encodings3(b)
+        spec = b.profile.eltwise
+        ranges = [
+            max(z - e.qmin, e.qmax - z) for z, e in ((za, b.input_encodings[0]), (zb, b.input_encodings[1]))
+        ]
+        if spec.multiplier not in ("float32", "float64") and ranges[0] * ranges[1] > INT32_MAX:
+            raise Unsupported("Mul: the product of the inputs does not fit int32")  # asymmetric 16-bit inputs
+        rq = prepare_requant(ratio(spec, sa, sb, so), spec, zo)
+        return MulParams(za, zb, zo, out.qmin, out.qmax, requant=rq)
+
+    @staticmethod
+    def run(p: MulParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        assert p.requant is not None
+        return apply_requant((a - p.za) * (b - p.zb), p.requant, p.qmin, p.qmax)
+
+
+@kernel("Div")
+class Div:
+    """``y = clamp(R((a - z_a) * qm / ((b - z_b) * 2^(31 - shift))) + z_out)``: one exact rational rounding.
+
+    ``M = s_a / (s_b s_out)`` becomes a Q31 multiplier ``(qm, shift)``; the quotient of two integers is then
+    rounded once with ``profile.eltwise.rounding`` (an integer divider, no reciprocal table). A zero divisor
+    saturates to ``qmax``/``qmin`` by the sign of the numerator (``z_out`` for 0/0), like a float ``inf``
+    clamped to the output range.
+    """
+
+    @staticmethod
+    def prepare(b: Binding) -> MulParams:
+        sa, za, sb, zb, so, zo, out = _encodings3(b)
+        spec = b.profile.eltwise
+        qm, shift = quantize_multiplier(ratio(spec, sa, 1.0, sb * so))
+        if 31 - int(shift[0]) > 62 - 17:  # (b - z_b) << (31 - shift) must fit int64 for 16-bit inputs
+            raise Unsupported("Div: multiplier below 2^-14")
+        qm0, shift0 = int(qm[0]), int(shift[0])
+        return MulParams(za, zb, zo, out.qmin, out.qmax, qm=qm0, shift=shift0, rounding=spec.rounding)
+
+    @staticmethod
+    def run(p: MulParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        num, den = np.broadcast_arrays((a - p.za) * p.qm, (b - p.zb) << (31 - p.shift))
+        safe = np.where(den == 0, 1, den)
+        y = rounding_divide(num, safe, p.rounding) + p.zo
+        y = np.where(den == 0, np.where(num > 0, p.qmax, np.where(num < 0, p.qmin, p.zo)), y)
+        return np.clip(y, p.qmin, p.qmax)
+
+
+# ---------------------------------------------------------------------------------------------- clamps
+
+
+def _code_of(value: float, scale: float, zero: int, rounding: str) -> int:
+    """``z + R(v / s)``: the output code of a real bound (TFLite ``CalculateActivationRangeQuantized``)."""
+    return zero + int(round_to_int(np.array([value / scale]), rounding)[0])
+
+
+@kernel("Relu")
+class Relu:
+    """Clamp at the output zero point, after a rescale when the encodings differ."""
+
+    @staticmethod
+    def prepare(b: Binding) -> RescaleParams | None:
+        out = b.output_encodings[0]
+        _, zo = scalar_encoding(out, "output")
+        assert out is not None
+        return prepare_rescale(b.input_encodings[0], out, b.profile, lo=zo)
+
+    @staticmethod
+    def run(p: RescaleParams | None, x: np.ndarray) -> np.ndarray:
+        return x if p is None else rescale(p, x)
+
+
+@kernel("Clip")
+class Clip:
+    """Integer clamp to ``[z + R(min/s), z + R(max/s)]`` (rounding ``profile.rescale.rounding``)."""
+
+    @staticmethod
+    def prepare(b: Binding) -> RescaleParams | None:
+        out = b.output_encodings[0]
+        so, zo = scalar_encoding(out, "output")
+        assert out is not None
+        bounds: list[float | None] = [b.node.attr("min"), b.node.attr("max")]
+        for k in (1, 2):  # opset 11+: min and max are (optional) inputs
+            if k < len(b.node.inputs) and b.node.inputs[k]:
+                if k >= len(b.constants) or b.constants[k] is None:
+                    raise Unsupported("Clip bounds computed at run time")
+                bounds[k - 1] = float(np.asarray(b.constants[k]).reshape(-1)[0])
+        rounding = b.profile.rescale.rounding
+        lo = None if bounds[0] is None else _code_of(bounds[0], so, zo, rounding)
+        hi = None if bounds[1] is None else _code_of(bounds[1], so, zo, rounding)
+        return prepare_rescale(b.input_encodings[0], out, b.profile, lo=lo, hi=hi)
+
+    @staticmethod
+    def run(p: RescaleParams | None, x: np.ndarray) -> np.ndarray:
+        return x if p is None else rescale(p, x)
+
+
+# ---------------------------------------------------------------------------------------------- slopes
+
+
+@dataclass(frozen=True)
+class SlopeParams:
+    """``y = R(v s_in/s_out) + z`` for ``v = q - z_in >= 0``, else ``R(v * slope * s_in/s_out) + z``.
+
+    Negative slopes are applied as ``R((-v) * |M|)``: the same real value, so the same rounding.
+    ``index`` maps each slope element to one of the distinct slopes (PRelu broadcasts it against x).
+    """
+
+    zero_in: int
+    zero_out: int
+    qmin: int
+    qmax: int
+    positive: RequantParams
+    negative: tuple[tuple[bool, RequantParams | None], ...]  # None: slope 0, output z_out
+    index: np.ndarray
+
+
+def _prepare_slopes(b: Binding, slopes: np.ndarray) -> SlopeParams:
+    s_in, z_in = scalar_encoding(b.input_encodings[0], "input")
+    out = b.output_encodings[0]
+    s_out, z_out = scalar_encoding(out, "output")
+    assert out is not None
+    spec = b.profile.rescale
+    distinct, index = np.unique(slopes, return_inverse=True)
+    negative = tuple(
+        (bool(s < 0), prepare_requant(ratio(spec, s_in, abs(float(s)), s_out), spec, z_out) if s else None)
+        for s in distinct
+    )
+    positive = prepare_requant(ratio(spec, s_in, 1.0, s_out), spec, z_out)
+    return SlopeParams(z_in, z_out, out.qmin, out.qmax, positive, negative, index.reshape(slopes.shape))
+
+
+def _run_slopes(p: SlopeParams, x: np.ndarray) -> np.ndarray:
+    v = x - p.zero_in
+    y = apply_requant(v, p.positive, p.qmin, p.qmax)
+    index = np.broadcast_to(p.index, np.broadcast_shapes(p.index.shape, x.shape))
+    v, y = np.broadcast_to(v, index.shape), np.array(np.broadcast_to(y, index.shape))
+    for k, (flip, params) in enumerate(p.negative):
+        mask = (v < 0) & (index == k)
+        if params is None:
+            y[mask] = np.clip(p.zero_out, p.qmin, p.qmax)
+        else:
+            y[mask] = apply_requant(-v[mask] if flip else v[mask], params, p.qmin, p.qmax)
+    return y
+
+
+@kernel("LeakyRelu")
+class LeakyRelu:
+    """Two multipliers (TFLite), or a table when ``"LeakyRelu"`` is in ``profile.lut.ops`` (ONNX Runtime)."""
+
+    @staticmethod
+    def prepare(b: Binding) -> SlopeParams | Table:
+        if "LeakyRelu" in b.profile.lut.ops:
+            return prepare_table(b)
+        return _prepare_slopes(b, np.array([float(b.node.attr("alpha", 0.01))]))
+
+    @staticmethod
+    def run(p: SlopeParams | Table, x: np.ndarray) -> np.ndarray:
+        return lookup(p, x) if isinstance(p, Table) else _run_slopes(p, x)
+
+
+@kernel("PRelu")
+class PRelu:
+    """Per-element slope (a constant, taken at its quantized value when it has a param encoding)."""
+
+    @staticmethod
+    def prepare(b: Binding) -> SlopeParams:
+        slope = b.constants[1] if len(b.constants) > 1 else None
+        if slope is None:
+            raise Unsupported("PRelu slope computed at run time")
+        enc = b.param_encodings[1] if len(b.param_encodings) > 1 else None
+        values = np.asarray(slope, dtype=np.float64)
+        if enc is not None and not enc.is_float:
+            values = dequantize(quantize_aimet(values, enc), enc).astype(np.float64)
+        return _prepare_slopes(b, values)
+
+    @staticmethod
+    def run(p: SlopeParams, x: np.ndarray) -> np.ndarray:
+        return _run_slopes(p, x)

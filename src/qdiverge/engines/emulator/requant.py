@@ -1,0 +1,149 @@
+"""Float scales to fixed point, once, at bind time; and the integer rescale every kernel applies.
+
+``prepare_requant`` is the only place a real multiplier ``M = s_in * s_w / s_out`` becomes integers (or a
+float32 scale, for ORT-style targets); ``apply_requant`` is the integer stage
+
+    y = clamp(R((x + folded_offset) * M) + zero_point, qmin, qmax)
+
+for every ``RequantSpec.multiplier`` form (see ``fixed_point`` for each primitive). ``quantize_float`` turns
+float tensors (weights, graph inputs, float-fallback results) into codes and ``quantize_bias`` does the
+int32 bias. Per-channel values broadcast along one axis of the accumulator; per-tensor is one channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qdiverge.encodings.schema import Encoding
+from qdiverge.engines.emulator import fixed_point as fx
+from qdiverge.profiles.schema import RequantSpec
+from qdiverge.quant import float32_params
+
+
+@dataclass(frozen=True)
+class RequantParams:
+    """One rescale stage, per channel (arrays of shape ``(C,)``; ``C = 1`` per tensor).
+
+    ``multiplier`` is int64 for the fixed-point forms and float for ``float32``/``float64`` (float32 values in
+    a float32 array). ``left_shift`` is applied to the int32 value before the multiply (wrapping, as on the
+    target); ``right_shift`` is the rounding shift after it (after SRDHM when ``double_rounding``).
+    ``folded_offset`` is added to the accumulator before the multiply, ``zero_point`` after rounding.
+    """
+
+    form: str
+    rounding: str
+    double_rounding: bool
+    multiplier: np.ndarray
+    left_shift: np.ndarray
+    right_shift: np.ndarray
+    zero_point: np.ndarray
+    folded_offset: np.ndarray
+
+    @property
+    def channels(self) -> int:
+        return int(self.multiplier.size)
+
+
+def effective_multiplier(
+    in_scale: np.ndarray | float, w_scale: np.ndarray | float, out_scale: np.ndarray | float, precision: str
+) -> np.ndarray:
+    """``M = s_in * s_w / s_out`` evaluated left to right in ``precision`` (ORT and Hexagon NN: float32;
+    TFLite per-channel: float64 of float32 scales)."""
+    dtype = np.float32 if precision == "float32" else np.float64
+    s_in, s_w, s_out = (np.asarray(v, dtype=np.float64).astype(dtype).reshape(-1) for v in (in_scale, w_scale, out_scale))
+    return ((s_in * s_w) / s_out).astype(np.float64)
+
+
+def prepare_requant(real_multiplier: np.ndarray, spec: RequantSpec, zero_point: np.ndarray | int) -> RequantParams:
+    """Fixed-point form of ``real_multiplier`` (shape ``(C,)``, > 0) under ``spec``."""
+    m = np.atleast_1d(np.asarray(real_multiplier, dtype=np.float64))
+    assert np.all(m > 0) and np.all(np.isfinite(m)), "real multipliers must be finite and > 0"
+    zp = np.broadcast_to(np.atleast_1d(np.asarray(zero_point)).astype(np.int64), m.shape).copy()
+    zeros = np.zeros(m.shape, dtype=np.int64)
+    folded = zeros
+    if spec.zero_point == "folded":
+        # Hexagon NN supernode: Z_p = round(z_out / M) joins the accumulator; nothing is added afterwards
+        folded = fx.round_to_int(zp / m, spec.zero_point_rounding)
+        zp = zeros
+    form = spec.multiplier
+    left, right = zeros, zeros
+    if form == "q31":
+        mult, shift = fx.quantize_multiplier(m, cap_shift=not spec.double_rounding)
+        if spec.double_rounding:
+            left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
+        else:
+            right = 31 - shift
+    elif form == "q31_unnormalized":
+        mult, left = fx.hexnn_recip(m)
+        right = np.full(m.shape, 31, dtype=np.int64)
+    elif form in ("q15", "q15_truncated"):
+        mult, right = fx.q15_gain(m, truncate=form == "q15_truncated")
+    elif form == "float32":
+        mult = m.astype(np.float32)
+    elif form == "float64":
+        mult = m
+    else:
+        raise ValueError(f"unknown multiplier form {form!r}")
+    return RequantParams(form, spec.rounding, spec.double_rounding, mult, left, right, zp, folded)
+
+
+def along_axis(values: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """Per-channel ``values`` shaped to broadcast along ``axis`` of a rank-``ndim`` array (scalars stay 0-d)."""
+    if values.size == 1:
+        return values.reshape(())
+    shape = [1] * ndim
+    shape[axis % ndim] = values.size
+    return values.reshape(shape)
+
+
+def apply_requant(acc: np.ndarray, p: RequantParams, qmin: int, qmax: int, axis: int = 1) -> np.ndarray:
+    """Rescale int32-range ``acc`` (int64) to output codes in ``[qmin, qmax]``; channels along ``axis``."""
+    x = np.asarray(acc, dtype=np.int64)
+    nd = x.ndim
+    if np.any(p.folded_offset):
+        x = fx.wrap_int32(x + along_axis(p.folded_offset, nd, axis))
+    mult = along_axis(p.multiplier, nd, axis)
+    left, right = along_axis(p.left_shift, nd, axis), along_axis(p.right_shift, nd, axis)
+    if p.form == "q31" and p.double_rounding:
+        y = fx.rounding_right_shift(fx.srdhm(fx.wrap_int32(x << left), mult), right, p.rounding)
+    elif p.form in ("float32", "float64"):
+        y = fx.round_to_int(x.astype(mult.dtype) * mult, p.rounding)  # int32 -> float32 rounds above 2^24, as MLAS
+    else:
+        if np.any(p.left_shift):
+            x = fx.wrap_int32(x << left)  # Hexagon vasl: not saturating
+        y = fx.rounding_right_shift(x * mult, right, p.rounding)  # |x| < 2^31, mult < 2^31: exact in int64
+    if np.any(p.zero_point):
+        y += along_axis(p.zero_point, nd, axis)
+    return np.clip(y, qmin, qmax, out=y)
+
+
+def quantize_float(x: np.ndarray, enc: Encoding, rounding: str, reciprocal: bool = False) -> np.ndarray:
+    """Storage-domain codes of float ``x`` under ``enc`` (float32 arithmetic, as converters and runtimes do).
+
+    ``reciprocal=False``: ONNX ``QuantizeLinear``, ``R(x / s) + z``. ``reciprocal=True``: HTP core
+    ``saturate_round(z + x * (1/s))`` (the zero point joins before rounding, which matters at ties).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    scale, offset, _, _ = float32_params(enc, x.shape)
+    if reciprocal:
+        q_u = fx.round_to_int(x * (np.float32(1.0) / scale) - offset, rounding)
+    else:
+        q_u = fx.round_to_int(x / scale, rounding) - offset.astype(np.int64)
+    return np.clip(q_u, 0, enc.num_steps) + enc.qmin
+
+
+def quantize_bias(
+    bias: np.ndarray, acc_scale: np.ndarray, bits: int, rounding: str
+) -> np.ndarray:
+    """int32 bias codes at ``acc_scale = s_in * s_w[c]`` (float64), saturated.
+
+    ``bits == 8`` models the converters' default 8-bit bias: first a symmetric 8-bit quantize-dequantize with
+    ``s_b = max|b| / 127``, then the same re-expression at ``acc_scale``.
+    """
+    b = np.asarray(bias, dtype=np.float64).reshape(-1)
+    if bits == 8 and np.any(b):
+        s_b = np.abs(b).max() / 127.0
+        b = s_b * np.clip(fx.round_to_int(b / s_b, rounding), -127, 127)
+    return fx.saturate_int32(fx.round_to_int(b / np.asarray(acc_scale, dtype=np.float64), rounding))

@@ -1,0 +1,89 @@
+"""Display strings shared by the human-readable writers (table, markdown, html).
+
+The machine-readable writers (json, csv) never round; these helpers do, for people.
+"""
+
+from __future__ import annotations
+
+import math
+
+from qdiverge.metrics import TensorMetrics
+from qdiverge.reports.model import LayerResult, OutputSummary, Report
+
+HEADERS = ("rank", "node", "op", "tensor", "contribution", "iso LSB", "cum SQNR", "flags", "why")
+DEFAULT_TOP = 20  # what fits a terminal and a pull-request comment
+
+
+def elide(name: str, width: int = 40) -> str:
+    """Shorten the middle of a long name: the start says where in the model, the end says which tensor."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return name[:head] + "…" + name[len(name) - (width - 1 - head) :]
+
+
+def fmt_num(v: float | None, digits: int = 4) -> str:
+    if v is None:
+        return "-"
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.{digits}g}"
+
+
+def fmt_db(v: float | None) -> str:
+    return fmt_num(v) if v is None or not math.isfinite(v) else f"{v:.2f} dB"
+
+
+def fmt_pct(v: float | None) -> str:
+    return fmt_num(v) if v is None or not math.isfinite(v) else f"{100 * v:.2f}%"
+
+
+def why_text(layer: LayerResult, width: int = 60) -> str:
+    if not layer.why:
+        return ""
+    more = f" (+{len(layer.why) - 1} more)" if len(layer.why) > 1 else ""
+    return elide(f"{layer.why[0].rule}: {layer.why[0].message}", width) + more
+
+
+def layer_row(layer: LayerResult, width: int = 40) -> list[str]:
+    iso = layer.isolated
+    cum = layer.cumulative
+    return [
+        str(layer.rank),
+        elide(layer.node, width),
+        layer.op_type,
+        elide(layer.tensor, width),
+        fmt_num(layer.contribution),
+        fmt_num(iso.max_lsb if iso else None),
+        fmt_db(cum.sqnr_db if cum else None),
+        ",".join(layer.flags),
+        why_text(layer),
+    ]
+
+
+def top_layers(report: Report, top: int | None) -> tuple[LayerResult, ...]:
+    layers = tuple(sorted(report.layers, key=lambda la: la.rank))
+    return layers if top is None else layers[: max(top, 0)]
+
+
+def _gap(label: str, m: TensorMetrics | None) -> str:
+    if m is None:
+        return f"{label}: not compared"
+    top1 = f", top-1 {fmt_pct(m.top1)}" if m.top1 is not None else ""
+    return f"{label}: SQNR {fmt_db(m.sqnr_db)}{top1}"
+
+
+def summary_line(out: OutputSummary) -> str:
+    """Both gaps side by side: what the DSP adds on top of the sim, and what quantization costs."""
+    return f"{out.name}: {_gap('emulator vs sim', out.emu_vs_sim)} | {_gap('sim vs float', out.sim_vs_float)}"
+
+
+def verdict(report: Report) -> str:
+    gate = report.gate
+    if gate is None:
+        return "gate: no thresholds given"
+    if gate.passed:
+        return f"gate: PASSED ({gate.checks} checks)"
+    return f"gate: FAILED ({len(gate.failures)} of {gate.checks} checks)"
