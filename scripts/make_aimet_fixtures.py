@@ -18,6 +18,7 @@ import argparse
 import copy
 import io
 import json
+import platform
 import shutil
 import tempfile
 import warnings
@@ -325,20 +326,36 @@ def sample_data(shape: tuple[int, ...], count: int, seed: int, spread: float = 1
     return (rng.standard_normal((count, *shape[1:])) * spread).astype(np.float32)
 
 
-def make_case(case: Case, folder: Path, seed: int = 0, versions: tuple[str, ...] = VERSIONS) -> dict:
-    """Build, quantize and export ``case`` into ``folder``; returns what meta.json records."""
-    import aimet_onnx
-    import onnxruntime
-
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
+def quantize_case(case: Case, folder: Path, seed: int = 0, versions: tuple[str, ...] = VERSIONS):
+    """Write ``case``'s config, quantize its model with aimet-onnx, export into ``folder``; return the sim."""
+    folder.mkdir(parents=True, exist_ok=True)
     config_path = folder / "quantsim_config.json"
     config_path.write_text(json.dumps(case.config(), indent=2) + "\n")
     model = torch_to_onnx(case.build(seed), case.input_shape)
     calibration = list(sample_data(case.input_shape, 4, seed + 1)[:, None])
     sim = quantize(model, config_path, calibration)
     export(sim, folder, versions)
+    return sim
+
+
+def cpu_isa() -> list[str]:
+    """The SIMD levels onnxruntime's MLAS kernels pick from: float results can differ between them."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        flags = next(line for line in lines if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    return sorted({"avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_tile"} & set(flags.split()))
+
+
+def make_case(case: Case, folder: Path, seed: int = 0, versions: tuple[str, ...] = VERSIONS) -> dict:
+    """Build, quantize and export ``case`` into a fresh ``folder`` with AIMET's results; returns meta.json."""
+    import aimet_onnx
+    import onnxruntime
+
+    if folder.exists():
+        shutil.rmtree(folder)
+    sim = quantize_case(case, folder, seed, versions)
     # evaluation data is a little wider than calibration so that clamping at min/max is exercised
     inputs = sample_data(case.input_shape, case.samples, seed + 2, spread=1.3)
     np.save(folder / "inputs.npy", inputs)
@@ -354,6 +371,8 @@ def make_case(case: Case, folder: Path, seed: int = 0, versions: tuple[str, ...]
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "onnx": onnx.__version__,
+        "machine": platform.machine(),
+        "cpu_isa": cpu_isa(),
         "quant_scheme": "min_max",
         "calibration": "4 batch-1 samples, standard normal, seed+1",
         "inputs": "batch-1 samples stacked on axis 0, standard normal * 1.3, seed+2",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 # name -> (bitwidth, signed, scales, unsigned-domain offsets, is_param); scales are float32-exact
 SMALL_NET = {
-    "input": (8, False, [0.02607391114328422], [-136], False),
+    "input": (8, False, [0.0260009765625], [-136], False),
     "conv1.weight": (8, True, [1 / 256, 3 / 512, 5 / 1024, 7 / 2048], [-128] * 4, True),
     "relu1_out": (8, False, [0.0625], [0], False),
     "fc.weight": (8, True, [1 / 64, 1 / 128], [-128] * 2, True),
@@ -25,8 +25,15 @@ def v061(encs: dict) -> dict:
     acts, params = {}, {}
     for name, (bw, signed, scales, offsets, is_param) in encs.items():
         chans = [
-            {"bitwidth": bw, "dtype": "int", "is_symmetric": str(signed), "scale": s, "offset": float(o),
-             "min": o * s, "max": (o + 2**bw - 1) * s}
+            {
+                "bitwidth": bw,
+                "dtype": "int",
+                "is_symmetric": str(signed),
+                "scale": s,
+                "offset": float(o),
+                "min": o * s,
+                "max": (o + 2**bw - 1) * s,
+            }
             for s, o in zip(scales, offsets, strict=True)
         ]
         (params if is_param else acts)[name] = chans
@@ -36,9 +43,15 @@ def v061(encs: dict) -> dict:
 def v100(encs: dict) -> dict:
     acts, params = [], []
     for name, (bw, signed, scales, offsets, is_param) in encs.items():
-        entry = {"name": name, "dtype": "INT", "bw": bw, "is_sym": signed, "scale": list(scales),
-                 "offset": [float(o) for o in offsets],
-                 "enc_type": "PER_CHANNEL" if len(scales) > 1 else "PER_TENSOR"}
+        entry = {
+            "name": name,
+            "dtype": "INT",
+            "bw": bw,
+            "is_sym": signed,
+            "scale": list(scales),
+            "offset": [float(o) for o in offsets],
+            "enc_type": "PER_CHANNEL" if len(scales) > 1 else "PER_TENSOR",
+        }
         (params if is_param else acts).append(entry)
     return {"version": "1.0.0", "activation_encodings": acts, "param_encodings": params}
 

@@ -34,7 +34,9 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, [out], name or out.removesuffix("_out"), **attrs))
         return out
 
-    def conv(self, x: str, name: str, cin: int, cout: int, k: int = 3, group: int = 1, bias: bool = True) -> str:
+    def conv(
+        self, x: str, name: str, cin: int, cout: int, k: int = 3, group: int = 1, bias: bool = True
+    ) -> str:
         w = self.weight(f"{name}.weight", (cout, cin // group, k, k))
         inputs = [x, w] + ([self.weight(f"{name}.bias", (cout,))] if bias else [])
         return self.op("Conv", inputs, f"{name}_out", name, pads=[k // 2] * 4, group=group)
@@ -67,7 +69,9 @@ class GraphBuilder:
         return model
 
 
-def conv_act_model(cin: int = 3, cout: int = 4, group: int = 1, act: str = "Relu", opset: int = 17) -> onnx.ModelProto:
+def conv_act_model(
+    cin: int = 3, cout: int = 4, group: int = 1, act: str = "Relu", opset: int = 17
+) -> onnx.ModelProto:
     """input[1,cin,8,8] -> Conv -> act -> output."""
     g = GraphBuilder()
     x = g.conv(g.input("input", (1, cin, 8, 8)), "conv", cin, cout, group=group)

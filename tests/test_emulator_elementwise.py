@@ -21,6 +21,7 @@ from kernel_harness import (
 )
 
 from qdiverge.engines.emulator.fixed_point import quantize_multiplier
+from qdiverge.quant import quantize_aimet
 from qdiverge.profiles.schema import Profile
 
 # the §2.5 example encodings (int8), plus a uint8 set with a large scale ratio
@@ -207,7 +208,7 @@ def test_prelu_per_channel_slopes_use_the_quantized_slope():
     b = bind("PRelu", [e_in, None], [e_out], SINGLE_PROFILE, constants=[None, slope], param_encodings=[None, e_slope])
     got = run_kernel(b, x)
     (si, zi), (so, zo) = s_z(e_in), s_z(e_out)
-    q_slope = [max(-128, min(127, round_fraction(Fraction(float(s)) * 127, "half_away"))) for s in slope.ravel()]
+    q_slope = quantize_aimet(slope, e_slope).ravel().tolist()  # the codes AIMET fake-quant gives the slope
     for idx in np.ndindex(x.shape):
         v = int(x[idx]) - zi
         # the slope as AIMET dequantizes it: float32 scale * code

@@ -50,11 +50,11 @@ def build(seed: int = SEED) -> nn.Module:
     for module in net.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.kaiming_normal_(module.weight, mode="fan_out")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
+            if module.bias is not None:  # not zeros: the exporter would merge identical zero biases
+                nn.init.normal_(module.bias, 0.0, 0.01)
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, 0.0, 0.05)
-            nn.init.zeros_(module.bias)
+            nn.init.normal_(module.bias, 0.0, 0.01)
     fx.randomize_batchnorms(net, np.random.default_rng(seed))
     return net.eval()
 

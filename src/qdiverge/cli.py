@@ -144,3 +144,88 @@ def main() -> None:
 
 
 __all__ = ["GateFailed", "InputError", "cli", "main"]
+
+
+def _progress(enabled: bool):
+    """A one-line progress display on stderr, only on a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+
+    def show(message: str) -> None:
+        sys.stderr.write(f"\rRUNNING | {message:<60}")
+        sys.stderr.flush()
+
+    return show
+
+
+@cli.command()
+@_common
+@_inputs
+@click.option("--mode", "modes", default="split,layerwise,cumulative", show_default=True,
+              help="Comma list of split, layerwise, cumulative, search.")
+@click.option("--metric", type=click.Choice(["sqnr", "mse", "cosine", "top1", "lsb"]), default="sqnr",
+              show_default=True, help="Ranking metric (final-output divergence each cut adds).")
+@click.option("--search-threshold", type=float, default=30.0, show_default=True,
+              help="search mode: first cut whose final-output SQNR (dB) falls below this.")
+@click.option("--top", type=int, default=20, show_default=True, help="Rows in table/markdown output.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown", "junit", "html"]),
+              default="table", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
+@click.option("--fail-under-sqnr", multiple=True, metavar="[TENSOR:]DB", help="Gate: SQNR (dB) at least this.")
+@click.option("--fail-over-lsb", multiple=True, metavar="[TENSOR:]N", help="Gate: max |diff| in LSB at most this.")
+@click.option("--fail-under-top1", multiple=True, metavar="[TENSOR:]F", help="Gate: top-1 agreement at least F.")
+@click.option("--gate-scope", type=click.Choice(["final", "layers", "all"]), default="final", show_default=True,
+              help="Apply the gate to the final outputs, to every layer, or both.")
+@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
+              help="An earlier --format json report; fail on regressions against it.")
+@click.pass_context
+def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples, seed, modes, metric,
+           search_threshold, top, fmt, output, fail_under_sqnr, fail_over_lsb, fail_under_top1, gate_scope,
+           baseline):
+    """Split the graph at every layer (DSP prefix, sim suffix) and rank layers by divergence.
+
+    \b
+    Modes (default: split, layerwise and cumulative together, sharing work):
+      split       prefix on the emulator, suffix on the sim; rank by the divergence each cut adds
+      layerwise   each op fed the sim's quantized inputs: the error the op itself adds, in LSB
+      cumulative  emulator vs sim end to end, compared at every tensor
+      search      binary search for the first cut below --search-threshold dB (fast CI gate)
+    Exit codes: 0 gate passed, 1 gate failed, 2 bad input or usage.
+    """
+    from qdiverge.driver.bisect import MODES, Bisector
+    from qdiverge.driver.report import build_report, run_info
+    from qdiverge.reports import write_report
+    from qdiverge.reports.model import Report, Thresholds, parse_limits
+
+    start = time.perf_counter()
+    wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
+    unknown = [m for m in wanted if m not in MODES]
+    if unknown or not wanted:
+        raise InputError(f"--mode {modes!r}: choose from {', '.join(MODES)}")
+    thresholds = Thresholds(
+        sqnr_db=parse_limits(fail_under_sqnr, "--fail-under-sqnr"),
+        max_lsb=parse_limits(fail_over_lsb, "--fail-over-lsb"),
+        top1=parse_limits(fail_under_top1, "--fail-under-top1"),
+        scope=gate_scope,
+    )
+    base = Report.from_json(baseline) if baseline else None
+    ws = _workspace(model, encodings, config, target, input_shapes)
+    source = _source(ws, inputs, samples, seed)
+    emu = ws.emulator(source)
+    outputs = list(ws.model.outputs)
+    bisector = Bisector(ws.sim(), emu, ws.float(), outputs, {o: emu.target_encodings.get(o) for o in outputs})
+    result = bisector.run(source, wanted, search_threshold, progress=_progress(not ctx.obj["quiet"]))
+    if sys.stderr.isatty() and not ctx.obj["quiet"]:
+        sys.stderr.write("\r" + " " * 72 + "\r")
+    info = run_info(ws, source, wanted, metric, ["qdiverge", *sys.argv[1:]], ["sim", f"emulate:{ws.profile.name}"])
+    report = build_report(result, info, outputs, metric)
+    if thresholds.any or base is not None:
+        report = report.with_gate(thresholds, base)
+    write_report(report, fmt, output, top=top)
+    if "search" in wanted:
+        where = "none" if result.search_first_cut is None else f"step {result.search_first_cut}"
+        click.echo(f"search: first cut below {search_threshold} dB: {where}", err=True)
+    elapsed = time.perf_counter() - start
+    if report.gate is not None and not report.gate:
+        raise GateFailed(f"{len(report.gate.failures)} gate failure(s)")
+    click.echo(f"PASSED | {elapsed:.1f}s | {result.samples} sample(s), {len(result.steps)} layers", err=True)

@@ -37,15 +37,15 @@ def activation_range(ctx: CheckContext) -> list[Finding]:
         if scale <= FLOAT32_EPS * (1 + 1e-6):
             found.append(finding(
                 "activation-range", "warning",
-                f"degenerate encoding: scale {scale:.3g} is AIMET's minimum, so the tensor was constant during"
-                f" calibration; any value beyond ±{width / 2:.2g} saturates",
+                f"degenerate encoding: scale {scale:.3g} is AIMET's minimum, so the tensor was constant"
+                f" during calibration; any value beyond ±{width / 2:.2g} saturates",
                 node=node, tensor=name, fix="calibrate with data that exercises this tensor",
                 scale=scale, range=width))
         elif width < lim.min_range:
             found.append(finding(
                 "activation-range", "info",
-                f"range {width:.3g} is below the {lim.min_range:g} minimum some converters enforce (SNPE); such a"
-                " converter widens the encoding and every code changes",
+                f"range {width:.3g} is below the {lim.min_range:g} minimum some converters enforce (SNPE);"
+                " such a converter widens the encoding and every code changes",
                 node=node, tensor=name, fix="pin the encoding on the converter (quantization overrides)",
                 scale=scale, range=width, min_range=lim.min_range))
         observed = (ctx.observed or {}).get(name)
@@ -54,7 +54,8 @@ def activation_range(ctx: CheckContext) -> list[Finding]:
             found.append(finding(
                 "activation-range", "error" if frac >= lim.clip_fraction_error else "warning",
                 f"{frac:.1%} of the observed values fall outside the encoding range"
-                f" [{float(np.min(enc.min)):.4g}, {float(np.max(enc.max)):.4g}] (observed [{lo:.4g}, {hi:.4g}]);"
+                f" [{float(np.min(enc.min)):.4g}, {float(np.max(enc.max)):.4g}]"
+                f" (observed [{lo:.4g}, {hi:.4g}]);"
                 " both sides clip them, and the clipped error dwarfs rounding differences",
                 node=node, tensor=name,
                 fix=f"recalibrate on data like these inputs (what-if: encoding={name}:{lo:.6g},{hi:.6g})",
@@ -71,7 +72,8 @@ def _node_fn(model: Model, node: Node, dtype: int) -> Callable[[np.ndarray], np.
     graph = helper.make_graph(
         [single], "lut", [helper.make_tensor_value_info(single.input[0], dtype, None)],
         [helper.make_tensor_value_info(single.output[0], dtype, None)])
-    proto = helper.make_model(graph, opset_imports=model.proto.opset_import, ir_version=model.proto.ir_version)
+    proto = helper.make_model(graph, opset_imports=model.proto.opset_import,
+                              ir_version=model.proto.ir_version)
     if dtype == TensorProto.FLOAT:
         session = make_session(proto)
         return lambda x: session.run(None, {single.input[0]: x})[0]
@@ -80,7 +82,9 @@ def _node_fn(model: Model, node: Node, dtype: int) -> Callable[[np.ndarray], np.
 
 
 def _table_inputs(ctx: CheckContext, node: Node) -> tuple[Encoding, Encoding] | None:
-    if node.op_type not in ctx.profile.lut.ops or node.op_type not in FUNCTIONS or node.domain not in ("", "ai.onnx"):
+    if node.op_type not in ctx.profile.lut.ops or node.op_type not in FUNCTIONS:
+        return None
+    if node.domain not in ("", "ai.onnx"):
         return None
     enc_in = ctx.input_encoding(node.inputs[0])
     enc_out = ctx.own_encoding(node.outputs[0])
@@ -113,13 +117,14 @@ def lut_gap(ctx: CheckContext) -> list[Finding]:
         severity = "warning" if over or diff.max() >= 2 else "info"
         found.append(finding(
             "lut-gap", severity,
-            f"the target's {enc_in.bitwidth}-bit {node.op_type} table ({lut.compute}, {lut.rounding}) differs from"
-            f" the sim on {int(np.count_nonzero(diff))} of {table.size} input codes (max {int(diff.max())} LSB);"
+            f"the target's {enc_in.bitwidth}-bit {node.op_type} table ({lut.compute}, {lut.rounding})"
+            f" differs from the sim on {int(np.count_nonzero(diff))} of {table.size} input codes"
+            f" (max {int(diff.max())} LSB);"
             f" {over} codes are more than {ctx.limits.lut_lsb:g} LSB from the exact function"
             f" (max {float(gap.max()):.3g})",
             node=node.name, tensor=node.outputs[0],
-            fix="ties round differently (sim: half away from zero); larger gaps come from the table's precision"
-                " or the output encoding: 16-bit activations here shrink both",
+            fix="ties round differently (sim: half away from zero); larger gaps come from the table's"
+                " precision or the output encoding: 16-bit activations here shrink both",
             codes=table.size, codes_differ=int(np.count_nonzero(diff)), max_diff_lsb=int(diff.max()),
             codes_over_exact=over, max_exact_gap_lsb=float(gap.max())))
     return found

@@ -10,7 +10,12 @@ import numpy as np
 from qdiverge.diagnosis.context import LINEAR_OPS, CheckContext, finding, per_channel_scale, worst_channels
 from qdiverge.encodings.schema import Encoding
 from qdiverge.engines.emulator import fixed_point as fx
-from qdiverge.engines.emulator.requant import apply_requant, effective_multiplier, prepare_requant, quantize_bias
+from qdiverge.engines.emulator.requant import (
+    apply_requant,
+    effective_multiplier,
+    prepare_requant,
+    quantize_bias,
+)
 from qdiverge.loading.model import Node
 from qdiverge.quant import aimet_qdq
 from qdiverge.reports.model import Finding
@@ -45,7 +50,8 @@ def _linear(ctx: CheckContext, node: Node, channels: int | None = None) -> _Line
     out, out_tensor = ctx.output_encoding(last)
     if out is not None and out.is_float:
         out = None
-    return _Linear(node, float(in_enc.scale.reshape(-1)[0]), per_channel_scale(w_enc, channels), out, out_tensor)
+    in_scale = float(in_enc.scale.reshape(-1)[0])
+    return _Linear(node, in_scale, per_channel_scale(w_enc, channels), out, out_tensor)
 
 
 def _out_scale(lin: _Linear) -> float | None:
@@ -63,7 +69,7 @@ def _biases(ctx: CheckContext):
         lin = _linear(ctx, node, bias.size)
         if lin is None:
             continue
-        enc = ctx.encodings.params.get(name)  # a bias quantizer the sim ran with (rare; off in shipped configs)
+        enc = ctx.encodings.params.get(name)  # a bias quantizer the sim ran with (off in shipped configs)
         sim_bias = aimet_qdq(bias, enc) if enc is not None else bias
         yield lin, name, np.asarray(sim_bias, dtype=np.float64).reshape(-1), lin.in_scale * lin.w_scale
 
@@ -115,8 +121,8 @@ def bias_precision(ctx: CheckContext) -> list[Finding]:
             continue
         severity = "error" if lsb[c] >= ctx.limits.bias_lsb_error else "warning"
         how = f"the {bits}-bit bias (s_b = max|b|/127)" if bits == 8 else f"the int{bits} bias at s_in*s_w"
-        fix = ("use a 32-bit bias (qairt-quantizer --bias_bitwidth 32; what-if: bias-bits=32)" if bits < 32 else
-               "the bias step s_in*s_w is coarse against the output LSB (M >= 1): narrow s_in or s_w")
+        fix = ("use a 32-bit bias (qairt-quantizer --bias_bitwidth 32; what-if: bias-bits=32)" if bits < 32
+               else "the bias step s_in*s_w is coarse against the output LSB (M >= 1): narrow s_in or s_w")
         found.append(finding(
             "bias-precision", severity,
             f"{how} is off by up to {lsb[c]:.3g} output LSB ({int(np.sum(lsb >= ctx.limits.bias_lsb))} of"
@@ -124,7 +130,8 @@ def bias_precision(ctx: CheckContext) -> list[Finding]:
             f" {target[c]:.4g}",
             node=lin.node.name, tensor=name, fix=fix,
             bias_bits=bits, channels=bias.size, channels_over=int(np.sum(lsb >= ctx.limits.bias_lsb)),
-            worst_channel=c, worst_lsb=float(lsb[c]), output_scale=s_out, per_channel_lsb=worst_channels(lsb)))
+            worst_channel=c, worst_lsb=float(lsb[c]), output_scale=s_out,
+            per_channel_lsb=worst_channels(lsb)))
     return found
 
 
@@ -170,8 +177,8 @@ def requant_multiplier(ctx: CheckContext) -> list[Finding]:
             c = int(np.argmax(flushed))
             what = f"M = {m[c]:.3g} flushes to 0 in {spec.multiplier} form: the output is the zero point only"
         elif overflow[c] > precision[c]:
-            what = (f"M = {m[c]:.3g} >= 1 is applied with a left shift that wraps large accumulators instead of"
-                    f" saturating (up to {overflow[c]:.0f} LSB off)")
+            what = (f"M = {m[c]:.3g} >= 1 is applied with a left shift that wraps large accumulators"
+                    f" instead of saturating (up to {overflow[c]:.0f} LSB off)")
         else:
             what = (f"M = {m[c]:.3g} has too few bits in {spec.multiplier} form: up to {precision[c]:.3g} LSB"
                     " off (rounding alone is 0.5)")
@@ -216,6 +223,6 @@ def rescale_mismatch(ctx: CheckContext) -> list[Finding]:
             + (f"; {fine} loses {lost:.1f} bits rescaling to the output scale {s_out:.3g}" if lost else "")
             + "; small differences in the rescale's rounding and multiplier show here",
             node=node.name, tensor=node.outputs[0],
-            fix="bring the input ranges closer (e.g. a shared encoding, or 16-bit activations on this branch)",
+            fix="bring the input ranges closer (a shared encoding, or 16-bit activations on this branch)",
             **numbers))
     return found

@@ -8,7 +8,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from qdiverge.diagnosis.activations import activation_range, lut_gap
-from qdiverge.diagnosis.arithmetic import bias_int32_saturation, bias_precision, requant_multiplier, rescale_mismatch
+from qdiverge.diagnosis.arithmetic import (
+    bias_int32_saturation,
+    bias_precision,
+    requant_multiplier,
+    rescale_mismatch,
+)
 from qdiverge.diagnosis.context import CheckContext
 from qdiverge.diagnosis.fusion import missing_target_encoding, sim_only_quantizer
 from qdiverge.diagnosis.weights import encoding_rederived, per_tensor_weight_collapse, weight_symmetry

@@ -84,7 +84,7 @@ class CheckContext:
         return consumers[0]
 
     def fuses(self, first: str, second: str) -> bool:
-        """Whether the target fuses op type ``second`` into a preceding ``first`` (consecutive in a fusion)."""
+        """Whether the target fuses op type ``second`` into a preceding ``first`` (adjacent in a fusion)."""
         return any(
             chain[i] == first and chain[i + 1] == second
             for chain in self.profile.fusions
@@ -92,16 +92,19 @@ class CheckContext:
         )
 
     def output_encoding(self, node: Node) -> tuple[Encoding | None, str]:
-        """Encoding the target requantizes ``node``'s accumulator to: its output's own, or, when the target
-        fuses the next op (or the output is a supergroup-internal tensor), the end of that chain."""
+        """Encoding the target requantizes ``node``'s accumulator to: the end of the chain the target fuses
+        (whatever the sim quantized inside it), else the output's own encoding, else the first encoding
+        down a data-movement or supergroup-internal chain."""
         tensor, current = node.outputs[0], node
         for _ in range(len(self.model.nodes)):
+            nxt = self.sole_consumer(tensor)
+            if nxt is not None and self.fuses(current.op_type, nxt.op_type):
+                tensor, current = nxt.outputs[0], nxt
+                continue
             enc = self.own_encoding(tensor)
             if enc is not None:
                 return enc, tensor
-            nxt = self.sole_consumer(tensor)
-            if nxt is None or not (nxt.op_type in DATA_MOVEMENT_OPS or self.fuses(current.op_type, nxt.op_type)
-                                   or tensor in self.supergroup_tensors):
+            if nxt is None or not (nxt.op_type in DATA_MOVEMENT_OPS or tensor in self.supergroup_tensors):
                 break
             tensor, current = nxt.outputs[0], nxt
         return None, tensor
@@ -113,7 +116,9 @@ class CheckContext:
             return {}
         from qdiverge.encodings.config import supergroup_internal_tensors
 
-        return {t: tuple(getattr(op, "op_type", op) for op in chain) for t, chain in supergroup_internal_tensors(self.config, self.model).items()}
+        op_types = {node.name: node.op_type for node in self.model.nodes}
+        tensors = supergroup_internal_tensors(self.config, self.model)  # chains of node names
+        return {t: tuple(op_types[name] for name in chain) for t, chain in tensors.items()}
 
     def weight(self, node: Node) -> tuple[str, np.ndarray | None, int]:
         """(name, value, output-channel axis) of a linear op's weight; value None when not a constant."""
@@ -136,7 +141,8 @@ class CheckContext:
 
 
 def is_depthwise(node: Node, weight: np.ndarray | None) -> bool:
-    return node.op_type == "Conv" and int(node.attr("group", 1)) > 1 and weight is not None and weight.shape[1] == 1
+    grouped = node.op_type == "Conv" and int(node.attr("group", 1)) > 1
+    return grouped and weight is not None and weight.shape[1] == 1
 
 
 def per_channel_scale(enc: Encoding, channels: int) -> np.ndarray:

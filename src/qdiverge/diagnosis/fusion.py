@@ -17,6 +17,7 @@ from qdiverge.reports.model import Finding
 
 # Ops AIMET supergroups end with; an un-encoded linear output feeding one of them was a sim supergroup
 ACTIVATIONS = frozenset({"Relu", "Clip", "PRelu", "LeakyRelu", "HardSwish", "HardSigmoid", "Sigmoid", "Tanh"})
+SUPERGROUP_HEADS = LINEAR_OPS | {"Add"}
 # Activations that commute with quantization to the same grid: Q(f(Q(x))) == Q(f(x)) when both Q agree
 MONOTONE_CLAMPS = frozenset({"Relu", "Clip"})
 
@@ -33,8 +34,11 @@ def missing_target_encoding(ctx: CheckContext) -> list[Finding]:
         nxt = ctx.sole_consumer(tensor)
         if nxt is not None and ctx.fuses(node.op_type, nxt.op_type):
             continue  # the target fuses it too: no tensor, no encoding needed
+        if node.op_type == "MatMul" and ctx.bias(node)[1] is not None:
+            continue  # MatMul + constant Add is one linear op with a bias on every target
         chain = ctx.supergroup_tensors.get(tensor)
-        if chain is None and nxt is not None and node.op_type in LINEAR_OPS | {"Add"} and nxt.op_type in ACTIVATIONS:
+        looks_fused = nxt is not None and node.op_type in SUPERGROUP_HEADS and nxt.op_type in ACTIVATIONS
+        if chain is None and looks_fused:
             chain = (node.op_type, nxt.op_type)  # no config given: the usual supergroup shape
         numbers: dict[str, float | int | str] = {"derive": ctx.profile.derive_missing}
         observed = (ctx.observed or {}).get(tensor)
@@ -45,8 +49,9 @@ def missing_target_encoding(ctx: CheckContext) -> list[Finding]:
         if chain:
             numbers["chain"] = "+".join(chain)
             pair = f"{node.op_type}+{nxt.op_type}" if nxt is not None else numbers["chain"]
-            message = (f"the sim fused {numbers['chain']} (no quantizer on this tensor) but {ctx.profile.name}"
-                       f" does not fuse {pair}: the target requantizes it to an encoding the converter derives")
+            message = (f"the sim fused {numbers['chain']} (no quantizer on this tensor) but"
+                       f" {ctx.profile.name} does not fuse {pair}: the target requantizes it to an encoding"
+                       " the converter derives")
             severity = "error"
             fix = (f"remove the {'+'.join(chain)} supergroup from the quantsim config and re-export, so the"
                    " sim quantizes this tensor too (or target a profile that fuses the chain)")
@@ -77,11 +82,12 @@ def sim_only_quantizer(ctx: CheckContext) -> list[Finding]:
         if s_out is not None:
             numbers |= {"output_scale": s_out, "extra_rounding_lsb": 0.5 * s_t / s_out}
         bound = numbers.get("extra_rounding_lsb")
-        severity = "warning" if bound is None or bound >= 0.5 or nxt.op_type not in MONOTONE_CLAMPS else "info"
+        harmless = bound is not None and bound < 0.5 and nxt.op_type in MONOTONE_CLAMPS
+        severity = "info" if harmless else "warning"
         found.append(finding(
             "sim-only-quantizer", severity,
-            f"the sim rounds and clamps this {node.op_type} output to its own encoding (scale {s_t:.3g}) before"
-            f" {nxt.op_type}; {ctx.profile.name} fuses {node.op_type}+{nxt.op_type} and never does"
+            f"the sim rounds and clamps this {node.op_type} output to its own encoding (scale {s_t:.3g})"
+            f" before {nxt.op_type}; {ctx.profile.name} fuses {node.op_type}+{nxt.op_type} and never does"
             + (f" (up to {bound:.2g} output LSB from that rounding alone)" if bound is not None else ""),
             node=node.name, tensor=tensor,
             fix=f"add a {node.op_type}+{nxt.op_type} supergroup to the quantsim config so the sim fuses like"

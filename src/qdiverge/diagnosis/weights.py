@@ -82,10 +82,12 @@ def weight_symmetry(ctx: CheckContext) -> list[Finding]:
         elif enc.bitwidth > 8:
             severity, why = "error", f"QNN has no asymmetric int{enc.bitwidth} conv weights"
         else:
-            severity, why = "warning", ("how the target applies a weight zero point is not public (HTP measured"
-                                        " about 17 dB lower output SQNR than symmetric on a MobileNetV3-style net)")
+            severity, why = "warning", ("how the target applies a weight zero point is not public (HTP"
+                                        " measured about 17 dB lower output SQNR than symmetric weights"
+                                        " on a MobileNetV3-style net)")
         found.append(finding(
-            "weight-symmetry", severity, f"{enc.describe()} weights with zero point {numbers['zero_point']:g}: {why}",
+            "weight-symmetry", severity,
+            f"{enc.describe()} weights with zero point {numbers['zero_point']:g}: {why}",
             node=node.name, tensor=name, fix=fix, **numbers))
     return found
 
@@ -96,8 +98,9 @@ def _is_strict(enc: Encoding) -> bool:
 
 
 def encoding_rederived(ctx: CheckContext) -> list[Finding]:
-    """Encodings a converter will not take as written: strict-symmetric grids, non-integer offsets, and
-    2.0.0 int32 bias entries whose scale is not ``s_in * s_w`` (HTP re-derives the bias scale)."""
+    """Encodings a converter will not take as written: strict-symmetric grids, and 2.0.0 int32 bias
+    entries whose scale is not ``s_in * s_w`` (HTP re-derives the bias scale). Non-integer offsets never
+    get here: the readers refuse them."""
     found = []
     for name, enc in _all_encodings(ctx):
         if enc.is_float:
@@ -106,19 +109,11 @@ def encoding_rederived(ctx: CheckContext) -> list[Finding]:
         if _is_strict(enc):
             found.append(finding(
                 "encoding-rederived", "warning",
-                f"strict-symmetric encoding (offset {int(enc.offset.reshape(-1)[0])}): after loading, the sim"
-                f" clamps at +{1 << (enc.bitwidth - 1)}·scale, and the int{enc.bitwidth} zero point is -1, which"
-                " targets needing zero point 0 re-derive",
+                f"strict-symmetric encoding (offset {int(enc.offset.reshape(-1)[0])}): after loading, the"
+                f" sim clamps at +{1 << (enc.bitwidth - 1)}·scale, and the int{enc.bitwidth} zero point is"
+                " -1, which targets needing zero point 0 re-derive",
                 node=node, tensor=name, fix="export without strict_symmetric",
                 scale=float(enc.scale.reshape(-1)[0]), offset=float(enc.offset.reshape(-1)[0])))
-        frac = np.abs(enc.offset - np.round(enc.offset))
-        if np.any(frac > 1e-6):
-            found.append(finding(
-                "encoding-rederived", "warning",
-                f"offset {float(enc.offset.reshape(-1)[int(np.argmax(frac))]):g} is not an integer; the target"
-                " rounds the zero point, shifting every value by up to 0.5 LSB",
-                node=node, tensor=name, fix="re-export the encodings (AIMET writes integer offsets)",
-                max_offset_fraction=float(frac.max())))
     found += _int32_bias_scales(ctx)
     return found
 
@@ -148,8 +143,8 @@ def _int32_bias_scales(ctx: CheckContext) -> list[Finding]:
         shared = len(ctx.model.consumers.get(bias_name, []))
         found.append(finding(
             "encoding-rederived", "warning",
-            f"declared int32 bias scale is up to {float(ratio[np.argmax(off)]):.4g}x s_in*s_w; HTP ignores it and"
-            " folds the bias at s_in*s_w, a converter that honours it computes a wrong bias"
+            f"declared int32 bias scale is up to {float(ratio[np.argmax(off)]):.4g}x s_in*s_w; HTP ignores"
+            " it and folds the bias at s_in*s_w, a converter that honours it computes a wrong bias"
             + (f" (bias shared by {shared} nodes)" if shared > 1 else ""),
             node=node.name, tensor=bias_name,
             fix="re-quantize the bias per node at s_in*s_w[c] (or give each node its own bias initializer)",

@@ -3,7 +3,8 @@
 ``per_channel`` re-derives symmetric per-channel weight encodings exactly as aimet-onnx >= 2.6 computes
 them (aimet_formats.md §3.2): per channel, min/max gated to include 0,
 ``scale = max(max / (2^(bw-1) - 1), -min / 2^(bw-1))``, ``offset = -2^(bw-1)``, scale floored at
-AIMET's minimum (float32 eps, what dead channels export). ``parse_what_if`` reads the CLI strings.
+AIMET's minimum (float32 eps, what dead channels export) and stored as float32, as AIMET exports it.
+``parse_what_if`` reads the CLI strings.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ def symmetric_per_channel(name: str, weight: np.ndarray, axis: int, bitwidth: in
     rows = np.moveaxis(np.asarray(weight, dtype=np.float64), axis, 0).reshape(weight.shape[axis], -1)
     vmin, vmax = np.minimum(rows.min(axis=1), 0.0), np.maximum(rows.max(axis=1), 0.0)
     n_neg = 1 << (bitwidth - 1)
-    scale = np.maximum(np.maximum(vmax / (n_neg - 1), -vmin / n_neg), MIN_SCALE)
+    scale = np.maximum(np.maximum(vmax / (n_neg - 1), -vmin / n_neg), MIN_SCALE).astype(np.float32)
     return make_encoding(name, bitwidth, scale, -float(n_neg), signed=True, symmetric=True,
                          axis=axis % weight.ndim, is_param=True)
 
 
-def per_channel(encset: EncodingSet, model: Model, nodes: list[str] | tuple[str, ...] | None = None) -> EncodingSet:
+def per_channel(
+    encset: EncodingSet, model: Model, nodes: list[str] | tuple[str, ...] | None = None
+) -> EncodingSet:
     """Copy of ``encset`` with per-channel symmetric weights for ``nodes`` (default: every Conv,
     ConvTranspose, Gemm and MatMul with a quantized constant weight). Existing int32 bias entries of those
     nodes are re-derived at ``s_in * s_w[c]`` as AIMET's export would."""
@@ -43,7 +46,8 @@ def per_channel(encset: EncodingSet, model: Model, nodes: list[str] | tuple[str,
     if wanted is not None:
         missing = sorted(wanted - {n.name for n in model.nodes})
         if missing:
-            raise InputError(f"what-if per-channel: no node named {', '.join(map(repr, missing))} in {model.path}")
+            names = ", ".join(map(repr, missing))
+            raise InputError(f"what-if per-channel: no node named {names} in {model.path}")
     params, int32_bias = dict(encset.params), dict(encset.int32_bias)
     changed = set()
     for node in model.nodes:
@@ -70,7 +74,8 @@ def per_channel(encset: EncodingSet, model: Model, nodes: list[str] | tuple[str,
 def bias_bits(profile: Profile, bits: int) -> Profile:
     """Copy of ``profile`` whose bias is quantized to ``bits`` (8: re-expressed 8-bit bias; 32: int32)."""
     if bits not in CHOICES["bias_bits"]:
-        raise InputError(f"what-if bias-bits={bits}: must be one of {', '.join(map(str, CHOICES['bias_bits']))}")
+        allowed = ", ".join(map(str, CHOICES["bias_bits"]))
+        raise InputError(f"what-if bias-bits={bits}: must be one of {allowed}")
     return dataclasses.replace(profile, bias_bits=bits)
 
 

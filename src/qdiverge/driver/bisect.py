@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from qdiverge.driver.cuts import Cut, plan_cuts
 from qdiverge.encodings.schema import Encoding
 from qdiverge.engines.qtensor import QTensor
+from qdiverge.errors import InputError
 from qdiverge.loading.inputs import InputSource
 from qdiverge.metrics import MetricsAccumulator, TensorMetrics
 from qdiverge.quant import quantize_aimet
@@ -44,16 +45,15 @@ class StepOutcome:
 
 @dataclass
 class BisectResult:
+    """Per-step outcomes (graph inputs first, index -1) and final-output metrics per model output."""
+
     steps: list[StepOutcome]
-    input_cut: TensorMetrics | None
-    final_emu_vs_sim: TensorMetrics | None
-    final_sim_vs_float: TensorMetrics | None
+    final_emu_vs_sim: dict[str, TensorMetrics]
+    final_sim_vs_float: dict[str, TensorMetrics]
     search_first_cut: int | None = None
-    search_runs: int = 0
     samples: int = 0
     modes: tuple[str, ...] = ()
     suffix_runs: int = 0
-    notes: list[str] = field(default_factory=list)
 
 
 def _step_tensor(step) -> str:
@@ -68,7 +68,7 @@ def _as_feed(q: QTensor, dtype: np.dtype | None = None) -> np.ndarray:
 def _quantized_view(value: np.ndarray, enc: Encoding | None) -> QTensor:
     """The codes the sim holds for ``value`` (exact when ``value`` is on ``enc``'s grid)."""
     if enc is None or enc.is_float or value.dtype.kind != "f":
-        return QTensor.from_float(value)
+        return QTensor(codes=value, encoding=None)
     return QTensor(codes=quantize_aimet(value, enc), encoding=enc)
 
 
@@ -115,14 +115,15 @@ class Bisector:
     ) -> BisectResult:
         modes = tuple(m for m in MODES if m in modes)
         steps = self.steps
-        iso = [MetricsAccumulator(self.emu.target_encodings.get(_step_tensor(s))) for s in steps]
-        cum = [MetricsAccumulator(self.emu.target_encodings.get(_step_tensor(s))) for s in steps]
+        inputs = [t for t in self.emu.model.inputs if self.emu.target_encodings.get(t) is not None]
+        tensors = [*inputs, *(_step_tensor(s) for s in steps)]
+        iso = [MetricsAccumulator(self.emu.target_encodings.get(t)) for t in tensors]
+        cum = [MetricsAccumulator(self.emu.target_encodings.get(t)) for t in tensors]
         split = [self._final_acc() for _ in self.cuts]
         final = self._final_acc()
         sim_vs_float = self._final_acc()
-        captured = sorted({t for s in steps for t in (*s.inputs, *s.outputs)})
-        samples = 0
-        suffix_runs = 0
+        captured = sorted({*inputs, *(t for s in steps for t in (*s.inputs, *s.outputs))})
+        samples = suffix_runs = 0
         search_votes: list[int] = []
         for sample in source:
             samples += 1
@@ -134,11 +135,15 @@ class Bisector:
             for o in self.outputs:
                 final[o].update(sim_vals[o], emu_vals[o].dequantize())
                 sim_vs_float[o].update(float_out[o], sim_vals[o])
+            for i, t in enumerate(inputs):  # input quantization is its own "layer"
+                iso[i].update(sim_vals[t], emu_vals[t].dequantize())
+                cum[i].update(sim_vals[t], emu_vals[t].dequantize())
+            first = len(inputs)
             if "cumulative" in modes:
                 for k, s in enumerate(steps):
                     t = _step_tensor(s)
                     if t in emu_vals and t in sim_vals:
-                        cum[k].update(sim_vals[t], emu_vals[t].dequantize())
+                        cum[first + k].update(sim_vals[t], emu_vals[t].dequantize())
             if "layerwise" in modes:
                 for k, s in enumerate(steps):
                     feeds = {
@@ -149,7 +154,7 @@ class Bisector:
                     out = self.emu.run_step(s, feeds)
                     t = _step_tensor(s)
                     if t in out and t in sim_vals:
-                        iso[k].update(sim_vals[t], out[t].dequantize())
+                        iso[first + k].update(sim_vals[t], out[t].dequantize())
             if "split" in modes:
                 for c, cut in enumerate(self.cuts):
                     if progress and c % 10 == 0:
@@ -159,47 +164,55 @@ class Bisector:
                     for o in self.outputs:
                         split[c][o].update(sim_vals[o], got[o])
             if "search" in modes and search_threshold_db is not None:
-                first, runs = self._search(emu_vals, sim_vals, search_threshold_db)
+                found, runs = self._search(emu_vals, sim_vals, search_threshold_db)
                 suffix_runs += runs
-                if first is not None:
-                    search_votes.append(first)
+                if found is not None:
+                    search_votes.append(found)
         if samples == 0:
-            raise ValueError("no samples")
+            raise InputError("the input source gave no samples")
 
-        outcomes = []
+        per_cut = [_combine(acc) for acc in split] if "split" in modes else [None] * len(self.cuts)
+        outcomes = [
+            StepOutcome(
+                index=-1,
+                node=t,
+                op_type="QuantizeInput",
+                tensor=t,
+                encoding=self.emu.target_encodings.get(t),
+                flags=(),
+                nodes=(),
+                isolated=iso[i].result() if iso[i].n else None,
+                cumulative=cum[i].result() if cum[i].n else None,
+                split_final=per_cut[0] if i == 0 else None,
+            )
+            for i, t in enumerate(inputs)
+        ]
         for k, s in enumerate(steps):
             t = _step_tensor(s)
+            acc_iso, acc_cum = iso[len(inputs) + k], cum[len(inputs) + k]
             outcomes.append(
                 StepOutcome(
                     index=k,
                     node=s.nodes[0].name if s.nodes else t,
-                    op_type="+".join(n.op_type for n in s.nodes) or "Input",
+                    op_type="+".join(n.op_type for n in s.nodes),
                     tensor=t,
                     encoding=self.emu.target_encodings.get(t),
                     flags=tuple(s.flags),
                     nodes=tuple(n.name for n in s.nodes),
-                    isolated=iso[k].result() if "layerwise" in modes and iso[k].count else None,
-                    cumulative=cum[k].result() if "cumulative" in modes and cum[k].count else None,
+                    isolated=acc_iso.result() if acc_iso.n else None,
+                    cumulative=acc_cum.result() if acc_cum.n else None,
+                    split_final=per_cut[k + 1],
                 )
             )
-        result = BisectResult(
+        return BisectResult(
             steps=outcomes,
-            input_cut=None,
-            final_emu_vs_sim=_combine(final),
-            final_sim_vs_float=_combine(sim_vs_float),
+            final_emu_vs_sim={o: acc.result() for o, acc in final.items()},
+            final_sim_vs_float={o: acc.result() for o, acc in sim_vs_float.items()},
+            search_first_cut=min(search_votes) if search_votes else None,
             samples=samples,
             modes=modes,
             suffix_runs=suffix_runs,
         )
-        if "split" in modes:
-            per_cut = [_combine(acc) for acc in split]
-            result.input_cut = per_cut[0]
-            for k, outcome in enumerate(outcomes):
-                outcome.split_final = per_cut[k + 1]
-        if search_votes:
-            result.search_first_cut = min(search_votes)
-        result.search_runs = suffix_runs if modes == ("search",) else 0
-        return result
 
     def _run_cut(self, cut: Cut, emu_vals: dict[str, QTensor]) -> dict[str, np.ndarray]:
         feeds = {t: _as_feed(emu_vals[t]) for t in cut.live}
@@ -241,7 +254,7 @@ def _combine(accs: dict[str, MetricsAccumulator]) -> TensorMetrics:
 
 def rank(result: BisectResult, metric: str) -> list[StepOutcome]:
     """Set each step's contribution (increase in final-output divergence it causes) and sort."""
-    previous = _final_metric_value(result.input_cut, metric) if result.input_cut else 0.0
+    previous = 0.0  # cut "nothing on the DSP side" is the sim itself
     for outcome in result.steps:
         if outcome.split_final is None:
             outcome.contribution = _isolated_score(outcome)

@@ -21,8 +21,8 @@ def load_encodings(path: str | Path | None, model: Model) -> tuple[Model, Encodi
     if path is not None:
         if has_qdq(model.proto):
             raise InputError(
-                f"{model.path}: the model already has QuantizeLinear/DequantizeLinear nodes; give either a QDQ"
-                f" model or a float model with {path}, not both"
+                f"{model.path}: the model already has QuantizeLinear/DequantizeLinear nodes; give either"
+                f" a QDQ model or a float model with {path}, not both"
             )
         encset, warnings = bind_encodings(read_encodings_json(path), model)
         return model, encset, warnings

@@ -93,6 +93,8 @@ def read_encodings_json(path: str | Path) -> EncodingSet:
     version = detect_version(data, path)
     encset = EncodingSet(source=str(path), version=version, sha256=hashlib.sha256(raw).hexdigest())
     if version in ("0.6.1", "1.0.0"):
+        if "activation_encodings" not in data and "param_encodings" not in data:
+            raise InputError(f"{path}: version {version} needs 'activation_encodings' or 'param_encodings'")
         for section, is_param in (("activation_encodings", False), ("param_encodings", True)):
             entries = data.get(section, {} if version == "0.6.1" else [])
             for enc in _read_legacy_section(path, version, section, entries, is_param):

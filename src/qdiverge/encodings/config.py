@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -43,7 +43,7 @@ class OpConfig:
     is_output_quantized: bool | None = None
     is_symmetric: bool | None = None
     per_channel_quantization: bool | None = None
-    params: Mapping[str, ParamConfig] = MappingProxyType({})
+    params: Mapping[str, ParamConfig] = field(default_factory=lambda: MappingProxyType({}))
     encoding_constraints: tuple[float, float | None] | None = None
     supported_kernels: tuple[Kernel, ...] = ()
 
@@ -126,15 +126,27 @@ class _Parser:
         return bitwidth, dtype
 
     def op(self, value: Any, key: str) -> OpConfig:
-        allowed = (*_OP_FLAGS, "per_channel_quantization", "params", "supported_kernels", "encoding_constraints")
+        allowed = (
+            *_OP_FLAGS,
+            "per_channel_quantization",
+            "params",
+            "supported_kernels",
+            "encoding_constraints",
+        )
         entry = self.obj(value, key, allowed)
-        flags = {k: self.flag(entry[k], f"{key}.{k}") for k in (*_OP_FLAGS, "per_channel_quantization") if k in entry}
+        flags = {
+            k: self.flag(entry[k], f"{key}.{k}")
+            for k in (*_OP_FLAGS, "per_channel_quantization")
+            if k in entry
+        }
         constraints = None
         if "encoding_constraints" in entry:
             c = self.obj(entry["encoding_constraints"], f"{key}.encoding_constraints", ("min", "max"))
             lo, hi = c.get("min"), c.get("max")
             for name, v in (("min", lo), ("max", hi)):
-                if (v is not None or name == "min") and (isinstance(v, bool) or not isinstance(v, int | float)):
+                if (v is not None or name == "min") and (
+                    isinstance(v, bool) or not isinstance(v, int | float)
+                ):
                     raise self.fail(f"{key}.encoding_constraints.{name}", f"expected a number, got {v!r}")
             constraints = (float(lo), None if hi is None else float(hi))
         return OpConfig(
@@ -170,8 +182,15 @@ def read_quantsim_config(path: str | Path) -> QuantsimConfig:
     defaults = p.obj(
         top["defaults"],
         "defaults",
-        ("ops", "params", "strict_symmetric", "unsigned_symmetric", "per_channel_quantization",
-         "supported_kernels", "hw_version"),
+        (
+            "ops",
+            "params",
+            "strict_symmetric",
+            "unsigned_symmetric",
+            "per_channel_quantization",
+            "supported_kernels",
+            "hw_version",
+        ),
     )
     for key in ("ops", "params"):
         if key not in defaults:
@@ -183,14 +202,18 @@ def read_quantsim_config(path: str | Path) -> QuantsimConfig:
     if not isinstance(top["supergroups"], list):
         raise p.fail("supergroups", "expected a list")
     for i, group in enumerate(top["supergroups"]):
-        ops = p.string_list(p.obj(group, f"supergroups[{i}]", ("op_list",)).get("op_list"), f"supergroups[{i}].op_list")
+        ops = p.string_list(
+            p.obj(group, f"supergroups[{i}]", ("op_list",)).get("op_list"), f"supergroups[{i}].op_list"
+        )
         if len(ops) < 2:
             raise p.fail(f"supergroups[{i}].op_list", "needs at least two op types")
         supergroups.append(ops)
     passes = p.string_list(top.get("supergroup_pass_list", []), "supergroup_pass_list")
     for name in passes:
         if name not in GRAPH_PASSES:
-            raise p.fail("supergroup_pass_list", f"unknown graph pass {name!r} (known: {', '.join(GRAPH_PASSES)})")
+            raise p.fail(
+                "supergroup_pass_list", f"unknown graph pass {name!r} (known: {', '.join(GRAPH_PASSES)})"
+            )
     model_in = p.flags(top["model_input"], "model_input", ("is_input_quantized",))
     model_out = p.flags(top["model_output"], "model_output", ("is_output_quantized",))
     return QuantsimConfig(

@@ -389,9 +389,11 @@ class _QdqWriter:
             inputs, attrs, domain = self._scale_zp(enc, len(self.model.shapes.get(name, ())))
             mid = self.fresh(f"{name}_q")
             nodes = [
-                helper.make_node(QUANTIZE, [src, *inputs], [mid], f"QcQuantizeOp_{name}_q", domain, **attrs),
                 helper.make_node(
-                    DEQUANTIZE, [mid, *inputs], [out], f"QcQuantizeOp_{name}_dq", domain, **attrs
+                    QUANTIZE, [src, *inputs], [mid], f"QcQuantizeOp_{name}_q", domain=domain, **attrs
+                ),
+                helper.make_node(
+                    DEQUANTIZE, [mid, *inputs], [out], f"QcQuantizeOp_{name}_dq", domain=domain, **attrs
                 ),
             ]
         self.after.setdefault(self._anchor(name), []).extend(nodes)
@@ -406,7 +408,7 @@ class _QdqWriter:
         )
         self._rewire(name, out)
         node = helper.make_node(
-            DEQUANTIZE, [int_name, *inputs], [out], f"QcQuantizeOp_{name}_dq", domain, **attrs
+            DEQUANTIZE, [int_name, *inputs], [out], f"QcQuantizeOp_{name}_dq", domain=domain, **attrs
         )
         self.after.setdefault(None, []).append(node)
         keep = [t for t in self.proto.graph.initializer if t.name != name]

@@ -133,7 +133,7 @@ def validate_encoding(enc: Encoding, where: str) -> None:
     if enc.scale.shape != enc.offset.shape:
         raise InputError(f"{prefix} has {enc.scale.size} scales but {enc.offset.size} offsets")
     if not np.all(np.isfinite(enc.scale)) or np.any(enc.scale <= 0):
-        bad = enc.scale[~(np.isfinite(enc.scale) & (enc.scale > 0))].ravel()[0]
+        bad = float(enc.scale[~(np.isfinite(enc.scale) & (enc.scale > 0))].ravel()[0])
         raise InputError(f"{prefix} has scale {bad!r}; scales must be finite and > 0")
     if not np.all(np.isfinite(enc.offset)):
         raise InputError(f"{prefix} has a non-finite offset")

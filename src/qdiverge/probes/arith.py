@@ -12,6 +12,8 @@ from fractions import Fraction
 
 import numpy as np
 
+from qdiverge.probes.graph import QParams
+
 
 def as_objects(values: np.ndarray) -> np.ndarray:
     """Integer array as Python ints, so products never overflow."""
@@ -158,3 +160,85 @@ class ProbeResult:
                 lines.extend(f"      {e}" for e in comp.examples)
         lines.extend(f"  note: {n}" for n in self.notes)
         return "\n".join(lines)
+
+
+RULES = ("RNE", "RHU", "RHAZ")
+
+
+def round_float(t: np.ndarray, rule: str) -> np.ndarray:
+    """Round float values to integers with tie rule ``RNE``, ``RHU`` or ``RHAZ`` (ties are exact .5 here)."""
+    t = np.asarray(t, dtype=np.float64)
+    floor = np.floor(t)
+    tie = (t - floor) == 0.5
+    if rule == "RNE":
+        out = np.rint(t)
+    elif rule == "RHU":
+        out = np.where(tie, floor + 1, np.rint(t))
+    elif rule == "RHAZ":
+        out = np.where(tie, np.where(t > 0, floor + 1, floor), np.rint(t))
+    else:
+        raise ValueError(f"unknown rounding rule {rule}")
+    return out.astype(np.int64)
+
+
+def requant_ratio(num: np.ndarray, den: int | np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The real value ``num / den`` in LSB of a float32 ``scale``, as exact ``(num, den)``."""
+    s = Fraction(float(np.float32(scale)))
+    return np.asarray(num, dtype=object) * s.denominator, np.asarray(den, dtype=object) * s.numerator
+
+
+def code_candidates(
+    out: QParams,
+    exact: tuple[np.ndarray, int | np.ndarray] | None = None,
+    value: np.ndarray | None = None,
+    rules: tuple[str, ...] = RULES,
+) -> dict[str, np.ndarray]:
+    """Output codes of a real value under candidate quantizers.
+
+    ``exact`` is the real value as ``(num, den)``; ``value`` the same value as float64 (for transcendental
+    functions, the float64 evaluation). Float candidates quantize float64 ``y / s``, float32 ``y / s``,
+    float32 ``y * (1/s)`` (HTP core's quantize) and an fp16 ``y`` (HVX qf16 arithmetic).
+    """
+    zp, lo, hi = int(out.zero_points[0]), out.qmin, out.qmax
+    scale = float(out.scales[0])
+    cands = {}
+    if exact is not None:
+        num, den = requant_ratio(*exact, scale)
+        for r in rules:
+            cands[f"exact/{r}"] = clamp(round_ratio(num, den, r) + zp, lo, hi)
+        if value is None:
+            value = ratio_lsb(*exact)
+    if value is None:
+        raise ValueError("code_candidates needs an exact or a float value")
+    value = np.asarray(value, dtype=np.float64)
+    s32 = np.float32(scale)
+    y32 = value.astype(np.float32)
+    forms = {
+        "f64 y/s": value / float(s32),
+        "f32 y/s": (y32 / s32).astype(np.float64),
+        "f32 y*(1/s)": (y32 * (np.float32(1) / s32)).astype(np.float64),
+        "fp16 y, /s": value.astype(np.float16).astype(np.float64) / float(s32),
+    }
+    for form, t in forms.items():
+        for r in rules if exact is None or form != "f64 y/s" else ():
+            cands[f"{form}/{r}"] = clamp(round_float(t, r) + zp, lo, hi)
+    return cands
+
+
+def offset_bounds(got: np.ndarray, exact_lsb: np.ndarray, out: QParams, key: np.ndarray | None = None):
+    """Which constant ``d`` makes ``RHU(exact + d) + zp`` reproduce ``got`` (unclamped codes only).
+
+    Without ``key`` returns the interval ``(lo, hi)`` of such ``d`` (empty if ``lo >= hi``). With ``key``
+    (an integer label per element, e.g. one input's code) returns the fraction of labels for which one
+    ``d`` per label fits: 1.0 means the error depends on that input alone.
+    """
+    inside = (got > out.qmin) & (got < out.qmax)
+    k = got.astype(np.int64)[inside] - int(out.zero_points[0])
+    lo, hi = k - 0.5 - exact_lsb[inside], k + 0.5 - exact_lsb[inside]
+    if key is None:
+        return float(lo.max()), float(hi.min())
+    labels, idx = np.unique(key[inside], return_inverse=True)
+    group_lo, group_hi = np.full(labels.size, -np.inf), np.full(labels.size, np.inf)
+    np.maximum.at(group_lo, idx, lo)
+    np.minimum.at(group_hi, idx, hi)
+    return float(np.mean(group_lo < group_hi))

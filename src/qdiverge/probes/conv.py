@@ -11,6 +11,7 @@ from fractions import Fraction
 import numpy as np
 
 from qdiverge.probes.arith import (
+    RULES,
     ProbeResult,
     as_objects,
     clamp,
@@ -22,9 +23,6 @@ from qdiverge.probes.arith import (
 )
 from qdiverge.probes.graph import QdqGraph, QParams
 from qdiverge.probes.runner import run_codes
-
-RULES = ("RNE", "RHU", "RHAZ")
-
 
 def acc_codes(targets: np.ndarray, k: int, big: int) -> np.ndarray:
     """int8 input codes ``(k+1, n)`` with ``big*sum(x[:k]) + x[k] == targets`` (weights ``[big]*k + [1]``)."""

@@ -69,7 +69,7 @@ def _build(cls: type, data: Any, path: Path, prefix: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for key, value in data.items():
-        where = f"{path}: key {prefix}{key!r}"
+        where = f"{path}: key '{prefix}{key}'"
         if key not in fields:
             raise InputError(f"{where} is not a known field (known: {', '.join(sorted(fields))})")
         values[key] = _convert(key, fields[key], value, path, f"{prefix}{key}.", where)

@@ -22,6 +22,7 @@ from qdiverge.engines.emulator.linear import (
     code_radius,
     make_epilogue,
     quantized_weights,
+    stacked_matmul,
 )
 from qdiverge.engines.emulator.registry import Binding, Unsupported, kernel
 
@@ -138,12 +139,14 @@ def _im2col_matmul(xp: np.ndarray, p: ConvParams, out_hw: tuple[int, int]) -> np
         win = sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
         win = win[:, :, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw, ::dh, ::dw]
         cols = win.transpose(0, 1, 4, 5, 2, 3).reshape(n, groups, k, oh * ow)  # the one copy
-    acc = np.matmul(p.weights, cols)  # (N, G, Mg, P)
+    acc = stacked_matmul(p.weights, cols)  # (N, G, Mg, P)
     return acc.reshape(n, groups * mg, oh, ow)
 
 
 @kernel("Conv")
 class Conv:
+    fuses = True  # applies Binding.fused activations in its epilogue
+
     @staticmethod
     def prepare(b: Binding) -> ConvParams:
         x_enc = activation_encoding(b.input_encodings[0], "input")
@@ -227,6 +230,8 @@ def _transpose_pads(p: ConvTransposeParams, h: int, w: int) -> tuple[tuple[int, 
 
 @kernel("ConvTranspose")
 class ConvTranspose:
+    fuses = True  # applies Binding.fused activations in its epilogue
+
     @staticmethod
     def prepare(b: Binding) -> ConvTransposeParams:
         x_enc = activation_encoding(b.input_encodings[0], "input")
@@ -272,7 +277,7 @@ class ConvTranspose:
         n, c, h, w = x.shape
         (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.strides, g.dilations
         xf = _padded(x, p.x_zero, p.dtype, (0, 0, 0, 0)).reshape(n, g.group, c // g.group, h * w)
-        cols = np.matmul(p.weights, xf)  # (N, G, Mg*kh*kw, H*W)
+        cols = stacked_matmul(p.weights, xf)  # (N, G, Mg*kh*kw, H*W)
         cols = cols.reshape(n, p.out_channels, kh, kw, h, w)
         pads, (fh, fw) = _transpose_pads(p, h, w)
         full = np.zeros((n, p.out_channels, fh, fw), dtype=p.dtype)

@@ -49,6 +49,8 @@ def _constant_b(b: Binding, channel_axis: int) -> tuple[np.ndarray, np.ndarray, 
 
 @kernel("Gemm")
 class Gemm:
+    fuses = True  # applies Binding.fused activations in its epilogue
+
     @staticmethod
     def prepare(b: Binding) -> MatMulParams:
         node = b.node
@@ -86,6 +88,8 @@ class Gemm:
 
 @kernel("MatMul")
 class MatMul:
+    fuses = True  # applies Binding.fused activations in its epilogue
+
     @staticmethod
     def prepare(b: Binding) -> MatMulParams:
         a_enc = activation_encoding(b.input_encodings[0], "input A")
@@ -123,8 +127,9 @@ class MatMul:
     def run(p: MatMulParams, a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
         af = a.astype(p.dtype)
         af -= p.dtype(p.a_zero)
-        if p.weights is not None:
-            return p.epilogue(af @ p.weights, axis=-1)
+        if p.weights is not None:  # one 2-D BLAS call: numpy's stacked matmul is slow on broadcasts
+            acc = (af.reshape(-1, af.shape[-1]) @ p.weights).reshape(*af.shape[:-1], p.weights.shape[1])
+            return p.epilogue(acc, axis=-1)
         assert b is not None
         exact = 1 << 24 if p.dtype is np.float32 else 1 << 53
         assert p.bound_per_k * a.shape[-1] < exact, "activation MatMul accumulator bound exceeded"

@@ -1,0 +1,81 @@
+"""Turn a ``BisectResult`` into the ``Report`` the writers and the CI gate read."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from qdiverge import __version__
+from qdiverge.driver.bisect import BisectResult, StepOutcome, rank
+from qdiverge.reports.model import (
+    FLAG_DERIVED_ENCODING,
+    FLAG_FLOAT_FALLBACK,
+    SCHEMA_VERSION,
+    Finding,
+    LayerResult,
+    OutputSummary,
+    Report,
+    RunInfo,
+)
+
+FLAG_NAMES = {"float_fallback": FLAG_FLOAT_FALLBACK, "derived_encoding": FLAG_DERIVED_ENCODING}
+
+
+def file_sha256(path: Path | None) -> str:
+    if path is None or not path.is_file():
+        return ""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_report(
+    result: BisectResult,
+    run: RunInfo,
+    outputs: Sequence[str],
+    metric: str,
+    why: Callable[[StepOutcome], tuple[Finding, ...]] | None = None,
+) -> Report:
+    """Rank the steps by ``metric`` and package everything as a ``Report``."""
+    ranked = rank(result, metric)
+    layers = tuple(
+        LayerResult(
+            rank=position,
+            node=o.node,
+            op_type=o.op_type,
+            tensor=o.tensor,
+            depth=o.index,
+            contribution=o.contribution,
+            isolated=o.isolated,
+            cumulative=o.cumulative,
+            split_final=o.split_final,
+            flags=tuple(sorted(FLAG_NAMES.get(f, f) for f in o.flags)),
+            why=why(o) if why else (),
+        )
+        for position, o in enumerate(ranked, start=1)
+    )
+    summary = tuple(
+        OutputSummary(name=name, emu_vs_sim=result.final_emu_vs_sim.get(name), sim_vs_float=result.final_sim_vs_float.get(name))
+        for name in outputs
+    )
+    return Report(schema_version=SCHEMA_VERSION, run=run, summary=summary, layers=layers)
+
+
+def run_info(ws, source, modes: Sequence[str], metric: str, command: Sequence[str], engines: Sequence[str]) -> RunInfo:
+    """Run metadata: hashes and options, no timestamps (identical runs give identical reports)."""
+    return RunInfo(
+        qdiverge_version=__version__,
+        command=tuple(command),
+        model_path=str(ws.model.path),
+        model_sha256=ws.model.sha256,
+        encodings_path=str(ws.encodings_path or ws.model.path),
+        encodings_sha256=file_sha256(ws.encodings_path) or ws.model.sha256,
+        target=ws.profile.name,
+        target_fields=dataclasses.asdict(ws.profile),
+        engines=tuple(engines),
+        inputs=source.describe(),
+        samples=source.samples,
+        seed=source.seed if source.path is None else None,
+        modes=tuple(modes),
+        metric=metric,
+    )

@@ -1,0 +1,115 @@
+"""fixed_point / requant against hand-computed gemmlowp cases and exact rational arithmetic."""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qdiverge.engines.emulator import fixed_point as fx
+from qdiverge.engines.emulator.requant import apply_requant, prepare_requant
+from qdiverge.profiles.schema import RequantSpec
+
+
+def test_issue_25087_example_double_12_single_11():
+    qm, shift = np.int64(1583594044), np.int64(-9)
+    assert int(fx.mbqm_double(np.array([7984]), qm, shift)[0]) == 12
+    assert int(fx.mbqm_single(np.array([7984]), qm, shift)[0]) == 11
+
+
+def test_tie_table_m_quarter():
+    # dsp_arithmetic.md §2.3: M = 0.25 (qm = 2^30, shift = -1); acc*M = 1.5, 2.5, -1.5, -2.5
+    acc = np.array([6, 10, -6, -10])
+    assert fx.mbqm_double(acc, 1 << 30, -1).tolist() == [2, 3, -2, -3]
+    assert fx.mbqm_single(acc, 1 << 30, -1).tolist() == [2, 3, -1, -2]
+    assert fx.rounding_right_shift(acc, 2, "half_even").tolist() == [2, 2, -2, -2]
+
+
+@pytest.mark.parametrize(
+    ("rounding", "expected"),
+    [
+        ("half_up", [2, 3, -1, -2, 1, -1]),
+        ("half_away", [2, 3, -2, -3, 1, -1]),
+        ("half_even", [2, 2, -2, -2, 1, -1]),
+        ("floor", [1, 2, -2, -3, 1, -2]),
+        ("trunc", [1, 2, -1, -2, 1, -1]),
+    ],
+)
+def test_rounding_rules_on_halves(rounding, expected):
+    x = np.array([3, 5, -3, -5, 3, -3])  # /2: 1.5, 2.5, -1.5, -2.5 (ties)
+    n = np.array([1, 1, 1, 1, 1, 1])
+    x[4:] = [5, -5]
+    n[4:] = 2  # 1.25, -1.25: not ties
+    assert fx.rounding_right_shift(x, n, rounding).tolist() == expected
+    assert fx.rounding_divide(x, 1 << n, rounding).tolist() == expected
+    assert fx.round_to_int(x / (1 << n).astype(np.float64), rounding).tolist() == expected
+
+
+def test_srdhm_is_half_up_with_single_saturation():
+    assert fx.srdhm(np.array([-(1 << 30)]), np.array([1])).tolist() == [0]  # -0.5 -> 0 (C division truncates)
+    assert fx.srdhm(np.array([1 << 30]), np.array([1])).tolist() == [1]
+    assert fx.srdhm(np.array([fx.INT32_MIN]), np.array([fx.INT32_MIN])).tolist() == [fx.INT32_MAX]
+
+
+def test_quantize_multiplier_edges():
+    qm, shift = fx.quantize_multiplier(np.array([0.25, 1.0, 2.0**-40, 0.0, 2.0**40]), cap_shift=True)
+    assert qm.tolist() == [1 << 30, 1 << 30, 0, 0, fx.INT32_MAX]
+    assert shift.tolist() == [-1, 1, 0, 0, 30]
+    # rounding q * 2^31 up to 2^31 renormalises
+    qm, shift = fx.quantize_multiplier(np.array([1.0 - 2.0**-33]))
+    assert (int(qm[0]), int(shift[0])) == (1 << 30, 1)
+
+
+def test_hexnn_recip_and_q15():
+    recip, shamt = fx.hexnn_recip(np.array([0.5, 3.0, 1e-6]))
+    assert shamt.tolist() == [0, 2, 0]
+    assert recip.tolist() == [1 << 30, 3 << 29, round(float(np.float32(1e-6)) * 2**31)]
+    g, right = fx.q15_gain(np.array([0.3, 0.3]), truncate=False)
+    assert g.tolist()[0] == round(float(np.float32(0.3)) * 2**15) and right.tolist() == [15, 15]
+    g, _ = fx.q15_gain(np.array([0.3]), truncate=True)
+    assert g.tolist() == [math.floor(float(np.float32(0.3)) * 2**15)]
+
+
+def test_wrap_and_saturate():
+    x = np.array([2**31, -(2**31) - 1, 5])
+    assert fx.wrap_int32(x).tolist() == [-(2**31), 2**31 - 1, 5]
+    assert fx.saturate_int32(x).tolist() == [2**31 - 1, -(2**31), 5]
+
+
+def _rhu(fr: Fraction) -> int:
+    return math.floor(fr + Fraction(1, 2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    acc=st.lists(st.integers(-(2**31), 2**31 - 1), min_size=1, max_size=8),
+    m=st.floats(1e-9, 30.0, allow_nan=False),
+    zp=st.integers(-128, 255),
+    signed=st.booleans(),
+)
+def test_q31_single_rounding_equals_exact_rational(acc, m, zp, signed):
+    qmin, qmax = (-128, 127) if signed else (0, 255)
+    params = prepare_requant(np.array([m]), RequantSpec(multiplier="q31", rounding="half_up"), zp)
+    got = apply_requant(np.array(acc, dtype=np.int64), params, qmin, qmax)
+    qm, shift = int(params.multiplier[0]), 31 - int(params.right_shift[0])
+    for a, y in zip(acc, got.tolist(), strict=True):
+        exact = _rhu(Fraction(a) * qm / Fraction(2) ** (31 - shift)) + zp
+        assert qmin <= y <= qmax
+        assert y == min(qmax, max(qmin, exact))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    acc=st.lists(st.integers(-(2**24), 2**24), min_size=1, max_size=8),
+    m=st.floats(1e-6, 4.0, allow_nan=False),
+    form=st.sampled_from(["q31_unnormalized", "q15", "q15_truncated", "float32", "float64"]),
+    rounding=st.sampled_from(["half_up", "half_away", "half_even", "floor", "trunc"]),
+)
+def test_every_form_stays_in_range(acc, m, form, rounding):
+    spec = RequantSpec(multiplier=form, rounding=rounding, zero_point="folded" if form == "q31_unnormalized" else "after")
+    got = apply_requant(np.array(acc, dtype=np.int64), prepare_requant(np.array([m]), spec, 7), 0, 255)
+    assert got.min() >= 0 and got.max() <= 255
