@@ -1,6 +1,6 @@
 """Run the single-op HTP probes and print, per probe, how HTP's codes compare with each candidate model.
 
-/work/venv/bin/python scripts/htp_probe.py [--arch 73] [--only ties,multiplier,bias] [--no-examples]
+/work/venv/bin/python scripts/htp_probe.py [--arch 73] [--only ties,multiplier,...] [--no-examples]
 """
 
 from __future__ import annotations
@@ -8,12 +8,19 @@ from __future__ import annotations
 import argparse
 import time
 
-from qdiverge.probes import conv
+from qdiverge.probes import conv, eltwise, fusion, inputs, lut, rescale
 
 PROBES = {
     "ties": conv.probe_conv_ties,
     "multiplier": conv.probe_multiplier,
     "bias": conv.probe_bias,
+    "depthwise": conv.probe_depthwise,
+    "lut": lut.probe_luts,
+    "lut16": lut.probe_luts16,
+    "eltwise": eltwise.probe_eltwise,
+    "rescale": rescale.probe_rescale,
+    "fusion": fusion.probe_fusion,
+    "input": inputs.probe_input_quant,
 }
 
 

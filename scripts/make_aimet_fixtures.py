@@ -222,12 +222,14 @@ def user_per_tensor_config() -> dict:
     )
 
 
-def quantize(model: onnx.ModelProto, config_path: Path, calibration: list[np.ndarray]):
+def quantize(
+    model: onnx.ModelProto, config_path: Path, calibration: list[np.ndarray], input_name: str = "input"
+):
     """A calibrated aimet-onnx ``QuantizationSimModel`` (min/max scheme, int8 weights and activations)."""
     from aimet_onnx.quantsim import QuantizationSimModel
 
     sim = QuantizationSimModel(copy.deepcopy(model), config_file=str(config_path))
-    sim.compute_encodings([{"input": x} for x in calibration])
+    sim.compute_encodings([{input_name: x} for x in calibration])
     return sim
 
 

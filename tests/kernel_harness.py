@@ -54,8 +54,15 @@ def bind(
     n_outputs: int = 1,
 ) -> Binding:
     n = len(ins)
-    node = Node(0, "n0", op, "", tuple(f"i{k}" for k in range(n)), tuple(f"o{k}" for k in range(n_outputs)),
-                attrs or {})  # fmt: skip
+    node = Node(
+        0,
+        "n0",
+        op,
+        "",
+        tuple(f"i{k}" for k in range(n)),
+        tuple(f"o{k}" for k in range(n_outputs)),
+        attrs or {},
+    )
     return Binding(
         node=node,
         input_encodings=list(ins),
@@ -114,9 +121,12 @@ def ort_run(
     first = next(a for i in inputs if i is not None for n, a in [i] if n in {g.name for g in graph_inputs})
     elem_out = helper.np_dtype_to_tensor_dtype(np.dtype(out_dtype or first.dtype))
     graph = helper.make_graph(
-        [node], "g", graph_inputs, [helper.make_tensor_value_info(o, elem_out, None) for o in outs],
+        [node],
+        "g",
+        graph_inputs,
+        [helper.make_tensor_value_info(o, elem_out, None) for o in outs],
         initializer=inits,
-    )  # fmt: skip
+    )
     opsets = [helper.make_opsetid("", 17)]
     if domain:
         opsets.append(helper.make_opsetid(domain, 1))
@@ -136,4 +146,3 @@ def qparams(prefix: str, e: Encoding) -> list[tuple[str, np.ndarray]]:
         (f"{prefix}_scale", np.array(float(e.scale[0]), dtype=np.float32)),
         (f"{prefix}_zero_point", np.array(int(e.zero_point[0]), dtype=e.storage_dtype)),
     ]
-

@@ -14,8 +14,8 @@ def conv_acc_loop(
     pads: tuple[int, int, int, int],
     group: int,
 ) -> np.ndarray:
-    """``acc[n, m, y, x] = sum (x - z_x) * wz`` over in-image taps, for 2-D codes ``x`` and ``wz = w - z_w``."""
-    n_, c, h, w = x.shape
+    """``acc[n, m, y, x] = sum (x - z_x) * wz`` over in-image taps (2-D codes ``x``, ``wz = w - z_w``)."""
+    n_, _, h, w = x.shape
     m, cg, kh, kw = wz.shape
     t, left, bottom, r = pads
     oh = (h + t + bottom - (kh - 1) * dilations[0] - 1) // strides[0] + 1
@@ -40,7 +40,12 @@ def conv_acc_loop(
 
 
 def conv_transpose_acc_loop(
-    x: np.ndarray, x_zero: int, wz: np.ndarray, strides: tuple[int, int], pads: tuple[int, int, int, int], group: int
+    x: np.ndarray,
+    x_zero: int,
+    wz: np.ndarray,
+    strides: tuple[int, int],
+    pads: tuple[int, int, int, int],
+    group: int,
 ) -> np.ndarray:
     """ConvTranspose sum by scattering each input tap (``wz`` shape (C, M/G, kh, kw)), then cropping pads."""
     n_, c, h, w = x.shape
@@ -57,6 +62,8 @@ def conv_transpose_acc_loop(
                     for oc in range(mg):
                         for i in range(kh):
                             for j in range(kw):
-                                full[n, g * mg + oc, iy * strides[0] + i, ix * strides[1] + j] += v * int(wz[ic, oc, i, j])
+                                full[n, g * mg + oc, iy * strides[0] + i, ix * strides[1] + j] += v * int(
+                                    wz[ic, oc, i, j]
+                                )
     t, left, bottom, r = pads
     return full[:, :, t : fh - bottom, left : fw - r].astype(np.int64)

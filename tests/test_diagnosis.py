@@ -46,14 +46,16 @@ def ctx_for(model: Model, acts=(), params=(), int32=(), profile: Profile | None 
 
 
 def only(ctx: CheckContext, rule: str) -> list:
-    return [f for f in run_checks(ctx, [rule])]
+    return run_checks(ctx, [rule])
 
 
 def conv1x1(tmp_path: Path, w: np.ndarray, b: np.ndarray | None = None, act: str | None = None) -> Model:
     """input[1,cin,4,4] -> Conv(1x1 weight w, bias b) [-> act] -> output."""
     g = GraphBuilder()
     x = g.input("input", (1, w.shape[1], 4, 4))
-    inputs = [x, g.const("w", w.astype(np.float32))] + ([g.const("b", b.astype(np.float32))] if b is not None else [])
+    inputs = [x, g.const("w", w.astype(np.float32))]
+    if b is not None:
+        inputs.append(g.const("b", b.astype(np.float32)))
     y = g.op("Conv", inputs, "conv_out", "conv")
     if act:
         y = g.act(act, y, "act")
@@ -61,7 +63,7 @@ def conv1x1(tmp_path: Path, w: np.ndarray, b: np.ndarray | None = None, act: str
     return load(tmp_path, g)
 
 
-# ---- per-tensor-weight-collapse ------------------------------------------------------------------------
+# ---- per-tensor-weight-collapse ------------------------------------------------------------------
 
 def depthwise(tmp_path: Path) -> tuple[Model, np.ndarray]:
     ramp = np.linspace(-1.0, 1.0, 9)
@@ -82,7 +84,8 @@ def test_weight_collapse_counts_collapsed_and_dead_channels(tmp_path):
     [f] = only(ctx, "per-tensor-weight-collapse")
     assert f.severity == "error"
     n = f.numbers
-    assert (n["channels"], n["collapsed"], n["dead"], n["worst_channel"], n["worst_channel_levels"]) == (4, 2, 1, 3, 1)
+    counts = (n["channels"], n["collapsed"], n["dead"], n["worst_channel"], n["worst_channel_levels"])
+    assert counts == (4, 2, 1, 3, 1)
     assert n["depthwise"] == 1 and n["node"] == "dw" and n["tensor"] == "dw.weight"
     assert "per-channel=dw" in f.fix
 
@@ -94,7 +97,7 @@ def test_weight_collapse_silent_with_per_channel_weights(tmp_path):
     assert only(ctx, "per-tensor-weight-collapse") == []
 
 
-# ---- bias ------------------------------------------------------------------------------------------------
+# ---- bias ----------------------------------------------------------------------------------------
 
 def test_bias_int32_saturation_on_dead_channel(tmp_path):
     # dsp_arithmetic.md §7.5: weight scale 1.19e-7 (dead channel), s_in = 0.01 -> bias limit 2.56
@@ -142,7 +145,7 @@ def test_bias_precision_silent_with_int32_bias(tmp_path):
     assert only(bias8_context(tmp_path, 32), "bias-precision") == []
 
 
-# ---- requant-multiplier -------------------------------------------------------------------------------------
+# ---- requant-multiplier --------------------------------------------------------------------------
 
 def requant_context(tmp_path: Path, s_in: float, s_w: float, s_out: float, spec: RequantSpec) -> CheckContext:
     model = conv1x1(tmp_path, np.full((1, 1, 1, 1), 0.3))
@@ -175,13 +178,19 @@ def test_requant_multiplier_wrapping_left_shift(tmp_path):
     assert f.numbers["multiplier"] == 2.0
 
 
+def test_requant_multiplier_degenerate_output_scale(tmp_path):
+    ctx = requant_context(tmp_path, 0.5, 0.5, EPS, RequantSpec(multiplier="q15"))  # M = 2^21
+    [f] = only(ctx, "requant-multiplier")
+    assert f.severity == "error" and f.numbers["multiplier"] == 2.0**21 and "degenerate" in f.message
+
+
 def test_requant_multiplier_silent_for_ordinary_scales(tmp_path):
     for form in ("q31", "q31_unnormalized", "float32"):
         ctx = requant_context(tmp_path, 0.0213, 0.00412, 0.0617, RequantSpec(multiplier=form))
         assert only(ctx, "requant-multiplier") == []
 
 
-# ---- missing-target-encoding / sim-only-quantizer --------------------------------------------------------
+# ---- missing-target-encoding / sim-only-quantizer ------------------------------------------------
 
 def conv_hswish_context(tmp_path: Path, profile: Profile, **kw) -> CheckContext:
     model = conv1x1(tmp_path, np.full((2, 1, 1, 1), 0.3), act="HardSwish")
@@ -208,9 +217,20 @@ def test_missing_target_encoding_for_unencoded_compute_output(tmp_path):
     x = g.input("input", (1, 1, 4, 4))
     y = g.op("Conv", [x, g.const("w", np.full((1, 1, 1, 1), 0.3, np.float32))], "conv_out", "conv")
     g.output(g.add(y, x, "add"))
-    ctx = ctx_for(load(tmp_path, g), acts=[u8("input", 0.02), u8("add_out", 0.03)], params=[s8("w", 0.3 / 127)])
+    acts = [u8("input", 0.02), u8("add_out", 0.03)]
+    ctx = ctx_for(load(tmp_path, g), acts=acts, params=[s8("w", 0.3 / 127)])
     [f] = only(ctx, "missing-target-encoding")
     assert f.severity == "warning" and "chain" not in f.numbers and f.numbers["tensor"] == "conv_out"
+
+
+def test_missing_target_encoding_silent_when_encoding_follows_data_movement(tmp_path):
+    g = GraphBuilder()
+    y = g.op("Conv", [g.input("input", (1, 1, 4, 4)), g.const("w", np.full((1, 1, 1, 1), 0.3, np.float32))],
+             "conv_out", "conv")
+    g.output(g.reshape(y, "flat", (1, 16)))
+    acts = [u8("input", 0.02), u8("flat_out", 0.03)]
+    ctx = ctx_for(load(tmp_path, g), acts=acts, params=[s8("w", 0.3 / 127)])
+    assert only(ctx, "missing-target-encoding") == []
 
 
 def test_missing_target_encoding_follows_the_quantsim_config(tmp_path):
@@ -231,7 +251,8 @@ def test_missing_target_encoding_follows_the_quantsim_config(tmp_path):
 
 def conv_relu_context(tmp_path: Path, relu_enc: Encoding) -> CheckContext:
     model = conv1x1(tmp_path, np.full((2, 1, 1, 1), 0.3), act="Relu")
-    return ctx_for(model, acts=[u8("input", 0.02), u8("conv_out", 0.1), relu_enc], params=[s8("w", 0.3 / 127)])
+    acts = [u8("input", 0.02), u8("conv_out", 0.1), relu_enc]
+    return ctx_for(model, acts=acts, params=[s8("w", 0.3 / 127)])
 
 
 def test_sim_only_quantizer_when_target_fuses_conv_relu(tmp_path):
@@ -245,7 +266,7 @@ def test_sim_only_quantizer_silent_for_tied_relu_encoding(tmp_path):
     assert only(conv_relu_context(tmp_path, u8("act_out", 0.1)), "sim-only-quantizer") == []
 
 
-# ---- activation-range ---------------------------------------------------------------------------------------
+# ---- activation-range ----------------------------------------------------------------------------
 
 def two_input_add(tmp_path: Path) -> Model:
     g = GraphBuilder()
@@ -270,7 +291,7 @@ def test_activation_range_silent_for_sane_encodings(tmp_path):
     assert only(ctx_for(two_input_add(tmp_path), acts=acts, observed=observed), "activation-range") == []
 
 
-# ---- rescale-mismatch -------------------------------------------------------------------------------------
+# ---- rescale-mismatch ----------------------------------------------------------------------------
 
 def test_rescale_mismatch_reports_ratio(tmp_path):
     acts = [u8("a", 0.1), u8("b", 0.01), u8("add_out", 0.1)]
@@ -284,7 +305,7 @@ def test_rescale_mismatch_silent_below_ratio(tmp_path):
     assert only(ctx_for(two_input_add(tmp_path), acts=acts), "rescale-mismatch") == []
 
 
-# ---- lut-gap ----------------------------------------------------------------------------------------------
+# ---- lut-gap -------------------------------------------------------------------------------------
 
 def hardsigmoid_context(tmp_path: Path, rounding: str) -> CheckContext:
     g = GraphBuilder()
@@ -307,7 +328,7 @@ def test_lut_gap_silent_when_table_rounds_like_the_sim(tmp_path):
     assert only(hardsigmoid_context(tmp_path, "half_away"), "lut-gap") == []
 
 
-# ---- weight-symmetry / encoding-rederived ------------------------------------------------------------------
+# ---- weight-symmetry / encoding-rederived --------------------------------------------------------
 
 def test_weight_symmetry_per_channel_and_per_tensor(tmp_path):
     model = conv1x1(tmp_path, np.full((2, 1, 1, 1), 0.3))
@@ -321,7 +342,8 @@ def test_weight_symmetry_per_channel_and_per_tensor(tmp_path):
 
 def test_weight_symmetry_silent_for_symmetric_weights(tmp_path):
     model = conv1x1(tmp_path, np.full((2, 1, 1, 1), 0.3))
-    assert only(ctx_for(model, acts=[u8("input", 0.02)], params=[s8("w", [0.002, 0.003])]), "weight-symmetry") == []
+    ctx = ctx_for(model, acts=[u8("input", 0.02)], params=[s8("w", [0.002, 0.003])])
+    assert only(ctx, "weight-symmetry") == []
 
 
 def int32_bias(scale) -> Encoding:
@@ -346,7 +368,15 @@ def test_encoding_rederived_silent_for_analytic_bias_scale(tmp_path):
     assert only(ctx, "encoding-rederived") == []
 
 
-# ---- run_checks / attach ------------------------------------------------------------------------------------
+def test_encoding_rederived_silent_on_aimet_int32_bias_export():
+    # aimet-onnx's 2.0.0 export writes the analytic bias scale s_in * s_w[c] for all ten biases
+    model = load_model(FIXTURES / "mbv3_pc_sym" / "model.onnx")
+    model, encs, _ = load_encodings(FIXTURES / "mbv3_pc_sym" / "model-2.0.0.encodings", model)
+    assert len(encs.int32_bias) == 10
+    assert run_checks(CheckContext(model, encs, Profile(name="t")), ["encoding-rederived"]) == []
+
+
+# ---- run_checks / attach -------------------------------------------------------------------------
 
 def test_run_checks_orders_by_severity_then_node_and_attaches(tmp_path):
     ctx = conv_relu_context(tmp_path, u8("act_out", 0.05, 0.0))
@@ -364,7 +394,7 @@ def test_run_checks_orders_by_severity_then_node_and_attaches(tmp_path):
         run_checks(ctx, ["no-such-rule"])
 
 
-# ---- what-if -------------------------------------------------------------------------------------------
+# ---- what-if -------------------------------------------------------------------------------------
 
 def test_per_channel_matches_the_formula(tmp_path):
     rng = np.random.default_rng(3)
@@ -413,10 +443,10 @@ def test_per_channel_reproduces_aimet_per_channel_export():
 
 def test_per_channel_rederives_int32_bias(tmp_path):
     model = conv1x1(tmp_path, np.array([0.5, -0.25]).reshape(2, 1, 1, 1), np.array([0.1, 0.2]))
-    encs = EncodingSet("t", "2.0.0", activations={"input": u8("input", 0.02)}, params={"w": s8("w", 0.5 / 127)},
-                       int32_bias={"b": int32_bias([0.02 * 0.5 / 127] * 2)})
+    encs = EncodingSet("t", "2.0.0", activations={"input": u8("input", 0.02)},
+                       params={"w": s8("w", 0.5 / 127)}, int32_bias={"b": int32_bias([0.02 * 0.5 / 127] * 2)})
     new = per_channel(encs, model)
-    assert np.allclose(new.int32_bias["b"].scale, 0.02 * new.params["w"].scale, rtol=0, atol=0)
+    assert np.array_equal(new.int32_bias["b"].scale, 0.02 * new.params["w"].scale)
     assert new.params["w"].scale[1] == np.float32(0.25 / 128)
 
 
@@ -424,10 +454,12 @@ def test_override_encoding_and_bias_bits(tmp_path):
     encs = EncodingSet("t", "1.0.0", activations={"a": u8("a", 0.1)}, params={"w": s8("w", 0.01)},
                        derived={"b": u8("b", 0.1)})
     new = override_encoding(encs, "a", -1.0, 2.0)
-    assert new.activations["a"].scale[0] == pytest.approx(3 / 255, rel=1e-12) and new.activations["a"].offset[0] == -85
+    assert new.activations["a"].scale[0] == pytest.approx(3 / 255, rel=1e-12)
+    assert new.activations["a"].offset[0] == -85
     assert encs.activations["a"].scale[0] == 0.1
     positive = override_encoding(encs, "b", 0.5, 2.0)  # min gated to 0; moves the derived entry
-    assert positive.activations["b"].offset[0] == 0 and positive.activations["b"].scale[0] == pytest.approx(2 / 255)
+    assert positive.activations["b"].offset[0] == 0
+    assert positive.activations["b"].scale[0] == pytest.approx(2 / 255)
     assert "b" not in positive.derived
     for bad in [("w", 0.0, 1.0), ("a", 2.0, 1.0), ("a", float("nan"), 1.0)]:
         with pytest.raises(InputError):

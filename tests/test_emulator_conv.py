@@ -1,6 +1,6 @@
-"""Conv / MatMul kernels, bit for bit: the ``onnx`` profile against onnxruntime's QLinearConv / QLinearMatMul /
-ConvInteger / MatMulInteger, the fast accumulation against the plain-loop oracle, the ``tflite`` profile
-against gemmlowp arithmetic written with Python ints."""
+"""Conv / MatMul kernels, bit for bit: the ``onnx`` profile against onnxruntime's QLinearConv /
+QLinearMatMul / ConvInteger / MatMulInteger, the fast accumulation against the plain-loop oracle, the
+``tflite`` profile against gemmlowp arithmetic written with Python ints."""
 
 from __future__ import annotations
 
@@ -27,13 +27,23 @@ def _enc(name: str, scale, zero_point, dtype: np.dtype, axis: int | None = None,
     signed = dtype == np.int8
     qmin = -128 if signed else 0
     zp = np.atleast_1d(np.asarray(zero_point, dtype=np.float64))
-    return make_encoding(name, 8, np.asarray(scale, np.float64), qmin - zp, signed=signed, axis=axis, is_param=param)
+    return make_encoding(
+        name, 8, np.asarray(scale, np.float64), qmin - zp, signed=signed, axis=axis, is_param=param
+    )
 
 
 def _run_ort(nodes, inits, feeds, out_type=None):
-    inputs = [helper.make_tensor_value_info(k, ONNX_TYPE.get(v.dtype, TensorProto.FLOAT), v.shape) for k, v in feeds.items()]
-    graph = helper.make_graph(nodes, "t", inputs, [onnx.ValueInfoProto(name="y")],
-                              [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    inputs = [
+        helper.make_tensor_value_info(k, ONNX_TYPE.get(v.dtype, TensorProto.FLOAT), v.shape)
+        for k, v in feeds.items()
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "t",
+        inputs,
+        [onnx.ValueInfoProto(name="y")],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     opts = ort.SessionOptions()
@@ -70,8 +80,12 @@ def _random_conv_case(rng: np.random.Generator):
     x_dtype = np.dtype(rng.choice(["uint8", "int8"]))
     w_dtype = np.dtype("int8") if x_dtype == np.int8 else np.dtype(rng.choice(["uint8", "int8"]))
     return dict(
-        x_shape=(int(rng.integers(1, 3)), cin, h, w), w_shape=(cout, cin // group, kh, kw), attrs=attrs,
-        x_dtype=x_dtype, w_dtype=w_dtype, per_channel=bool(rng.random() < 0.5),
+        x_shape=(int(rng.integers(1, 3)), cin, h, w),
+        w_shape=(cout, cin // group, kh, kw),
+        attrs=attrs,
+        x_dtype=x_dtype,
+        w_dtype=w_dtype,
+        per_channel=bool(rng.random() < 0.5),
     )
 
 
@@ -87,7 +101,7 @@ def _conv_problem(rng, case):
     x_scale, y_scale = np.float32(rng.uniform(0.005, 0.05)), np.float32(rng.uniform(0.02, 0.3))
     n_w = cout if case["per_channel"] else 1
     w_scale = rng.uniform(0.002, 0.02, size=n_w).astype(np.float32)
-    info_x, info_w = np.iinfo(case["x_dtype"]), np.iinfo(case["w_dtype"])
+    info_x = np.iinfo(case["x_dtype"])
     x_zp = int(rng.integers(info_x.min, info_x.max + 1))
     y_zp = int(rng.integers(info_x.min, info_x.max + 1))
     w_zp = 0 if case["w_dtype"] == np.int8 else int(rng.integers(100, 156))
@@ -112,15 +126,32 @@ def _binding(op, attrs, inputs, x_enc, w_float, w_enc, b_float, y_enc, profile, 
 
 
 def _prepared_conv(case, problem, profile=ONNX):
-    x, wq, x_scale, x_zp, w_scale, w_zp, y_scale, y_zp, bias_q = problem
+    _, wq, x_scale, x_zp, w_scale, w_zp, y_scale, y_zp, bias_q = problem
     cout = wq.shape[0]
     w_scale_c = np.broadcast_to(w_scale, (cout,)).astype(np.float64)
-    w_float = ((wq.astype(np.float32) - w_zp) * w_scale_c.astype(np.float32)[:, None, None, None]).astype(np.float32)
+    w_float = ((wq.astype(np.float32) - w_zp) * w_scale_c.astype(np.float32)[:, None, None, None]).astype(
+        np.float32
+    )
     b_float = (bias_q * (np.float64(x_scale) * w_scale_c)).astype(np.float32)
-    w_enc = _enc("w", w_scale, np.full(w_scale.size, w_zp), case["w_dtype"], axis=0 if w_scale.size > 1 else None,
-                 param=True)
-    b = _binding("Conv", case["attrs"], ("x", "w", "b"), _enc("x", x_scale, x_zp, case["x_dtype"]), w_float, w_enc,
-                 b_float, _enc("y", y_scale, y_zp, case["x_dtype"]), profile)
+    w_enc = _enc(
+        "w",
+        w_scale,
+        np.full(w_scale.size, w_zp),
+        case["w_dtype"],
+        axis=0 if w_scale.size > 1 else None,
+        param=True,
+    )
+    b = _binding(
+        "Conv",
+        case["attrs"],
+        ("x", "w", "b"),
+        _enc("x", x_scale, x_zp, case["x_dtype"]),
+        w_float,
+        w_enc,
+        b_float,
+        _enc("y", y_scale, y_zp, case["x_dtype"]),
+        profile,
+    )
     return Conv.prepare(b)
 
 
@@ -132,11 +163,18 @@ def test_conv_onnx_profile_equals_ort_qlinearconv(seed):
     x, wq, x_scale, x_zp, w_scale, w_zp, y_scale, y_zp, bias_q = problem
     xd, wd = case["x_dtype"], case["w_dtype"]
     inits = {
-        "xs": np.array(x_scale, np.float32), "xz": np.array(x_zp, xd), "w": wq, "ws": w_scale,
-        "wz": np.full(w_scale.shape, w_zp, wd), "ys": np.array(y_scale, np.float32), "yz": np.array(y_zp, xd),
+        "xs": np.array(x_scale, np.float32),
+        "xz": np.array(x_zp, xd),
+        "w": wq,
+        "ws": w_scale,
+        "wz": np.full(w_scale.shape, w_zp, wd),
+        "ys": np.array(y_scale, np.float32),
+        "yz": np.array(y_zp, xd),
         "b": bias_q,
     }
-    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], **case["attrs"])
+    node = helper.make_node(
+        "QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["y"], **case["attrs"]
+    )
     expected = _run_ort([node], inits, {"x": x})
     got = Conv.run(_prepared_conv(case, problem), x.astype(np.int64))
     np.testing.assert_array_equal(got, expected.astype(np.int64))
@@ -154,24 +192,41 @@ def test_conv_accumulation_equals_ort_conv_integer_and_loop(seed):
     problem = _conv_problem(rng, case)
     x, wq, _, x_zp, _, w_zp, *_ = problem
     node = helper.make_node("ConvInteger", ["x", "w", "xz", "wz"], ["y"], **attrs)
-    expected = _run_ort([node], {"w": wq, "xz": np.array(x_zp, np.uint8), "wz": np.array(w_zp, np.uint8)}, {"x": x})
+    expected = _run_ort(
+        [node], {"w": wq, "xz": np.array(x_zp, np.uint8), "wz": np.array(w_zp, np.uint8)}, {"x": x}
+    )
     got = conv_accumulate(_prepared_conv(case, problem), x.astype(np.int64))
     np.testing.assert_array_equal(got.astype(np.int64), expected)
-    loop = conv_acc_loop(x, x_zp, wq.astype(np.int64) - w_zp, attrs["strides"], attrs.get("dilations", [1, 1]),
-                         attrs["pads"], attrs["group"])
+    loop = conv_acc_loop(
+        x,
+        x_zp,
+        wq.astype(np.int64) - w_zp,
+        attrs["strides"],
+        attrs.get("dilations", [1, 1]),
+        attrs["pads"],
+        attrs["group"],
+    )
     np.testing.assert_array_equal(got.astype(np.int64), loop)
 
 
 def test_float64_path_for_large_bounds_matches_loop():
     rng = np.random.default_rng(7)
-    case = dict(x_shape=(1, 300, 3, 3), w_shape=(2, 300, 3, 3), attrs={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1],
-                "strides": [1, 1], "group": 1}, x_dtype=np.dtype("uint8"), w_dtype=np.dtype("int8"), per_channel=True)
+    case = dict(
+        x_shape=(1, 300, 3, 3),
+        w_shape=(2, 300, 3, 3),
+        attrs={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1], "group": 1},
+        x_dtype=np.dtype("uint8"),
+        w_dtype=np.dtype("int8"),
+        per_channel=True,
+    )
     problem = _conv_problem(rng, case)
     x, wq, _, x_zp, *_ = problem
     params = _prepared_conv(case, problem)
     assert params.dtype is np.float64  # 255 * 2700 * 128 > 2^24: float32 would not be exact
     got = conv_accumulate(params, x.astype(np.int64)).astype(np.int64)
-    np.testing.assert_array_equal(got, conv_acc_loop(x, x_zp, wq.astype(np.int64), (1, 1), (1, 1), (1, 1, 1, 1), 1))
+    np.testing.assert_array_equal(
+        got, conv_acc_loop(x, x_zp, wq.astype(np.int64), (1, 1), (1, 1), (1, 1, 1, 1), 1)
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -185,8 +240,17 @@ def test_conv_transpose_matches_loop(seed):
     x_enc, y_enc = _enc("x", 0.02, 117, np.dtype("uint8")), _enc("y", 0.5, 128, np.dtype("uint8"))
     w_enc = _enc("w", 0.01, 0, np.dtype("int8"), param=True)
     attrs = {"kernel_shape": [k, k], "strides": [s, s], "pads": list(pads), "group": group}
-    b = _binding("ConvTranspose", attrs, ("x", "w"), x_enc, wq.astype(np.float32) * np.float32(0.01), w_enc, None,
-                 y_enc, ONNX)
+    b = _binding(
+        "ConvTranspose",
+        attrs,
+        ("x", "w"),
+        x_enc,
+        wq.astype(np.float32) * np.float32(0.01),
+        w_enc,
+        None,
+        y_enc,
+        ONNX,
+    )
     params = ConvTranspose.prepare(b)
     got = ConvTranspose.run(params, x.astype(np.int64))
     acc = conv_transpose_acc_loop(x, 117, wq.astype(np.int64), (s, s), pads, group)
@@ -199,7 +263,7 @@ def _matmul_problem(rng, a_dtype, b_dtype, per_channel):
     bq = _codes(rng, b_dtype, (k, n))
     a_scale, y_scale = np.float32(rng.uniform(0.01, 0.05)), np.float32(rng.uniform(0.05, 0.5))
     b_scale = rng.uniform(0.002, 0.02, size=n if per_channel else 1).astype(np.float32)
-    ia, ib = np.iinfo(a_dtype), np.iinfo(b_dtype)
+    ia = np.iinfo(a_dtype)
     a_zp, y_zp = int(rng.integers(ia.min, ia.max + 1)), int(rng.integers(ia.min, ia.max + 1))
     b_zp = 0 if b_dtype == np.int8 else int(rng.integers(100, 156))
     return a, bq, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp
@@ -212,14 +276,32 @@ def test_matmul_onnx_profile_equals_ort_qlinearmatmul(seed):
     b_dtype = np.dtype("int8") if a_dtype == np.int8 else np.dtype(["uint8", "int8"][(seed // 2) % 2])
     per_channel = seed % 3 == 0
     a, bq, a_scale, a_zp, b_scale, b_zp, y_scale, y_zp = _matmul_problem(rng, a_dtype, b_dtype, per_channel)
-    inits = {"as": np.array(a_scale), "az": np.array(a_zp, a_dtype), "b": bq, "bs": b_scale,
-             "bz": np.full(b_scale.shape, b_zp, b_dtype), "ys": np.array(y_scale), "yz": np.array(y_zp, a_dtype)}
+    inits = {
+        "as": np.array(a_scale),
+        "az": np.array(a_zp, a_dtype),
+        "b": bq,
+        "bs": b_scale,
+        "bz": np.full(b_scale.shape, b_zp, b_dtype),
+        "ys": np.array(y_scale),
+        "yz": np.array(y_zp, a_dtype),
+    }
     node = helper.make_node("QLinearMatMul", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"])
     expected = _run_ort([node], inits, {"a": a})
     b_float = ((bq.astype(np.float32) - b_zp) * b_scale[None, :]).astype(np.float32)
-    b_enc = _enc("b", b_scale, np.full(b_scale.size, b_zp), b_dtype, axis=1 if per_channel else None, param=True)
-    binding = _binding("MatMul", {}, ("a", "b"), _enc("a", a_scale, a_zp, a_dtype), b_float, b_enc, None,
-                       _enc("y", y_scale, y_zp, a_dtype), ONNX)
+    b_enc = _enc(
+        "b", b_scale, np.full(b_scale.size, b_zp), b_dtype, axis=1 if per_channel else None, param=True
+    )
+    binding = _binding(
+        "MatMul",
+        {},
+        ("a", "b"),
+        _enc("a", a_scale, a_zp, a_dtype),
+        b_float,
+        b_enc,
+        None,
+        _enc("y", y_scale, y_zp, a_dtype),
+        ONNX,
+    )
     got = MatMul.run(MatMul.prepare(binding), a.astype(np.int64))
     np.testing.assert_array_equal(got, expected.astype(np.int64))
 
@@ -229,7 +311,7 @@ def _gemmlowp_requant(acc: int, real_multiplier: float, z_out: int) -> int:
     import math
 
     q, shift = math.frexp(real_multiplier)
-    qm = int(math.floor(q * 2**31 + 0.5))
+    qm = math.floor(q * 2**31 + 0.5)
     if qm == 2**31:
         qm, shift = qm // 2, shift + 1
     x = acc * 2 ** max(shift, 0)
@@ -246,14 +328,25 @@ def _gemmlowp_requant(acc: int, real_multiplier: float, z_out: int) -> int:
 @pytest.mark.parametrize("seed", range(4))
 def test_tflite_profile_equals_gemmlowp_on_matmul_integer(seed):
     rng = np.random.default_rng(400 + seed)
-    a, bq, a_scale, a_zp, b_scale, _, y_scale, y_zp = _matmul_problem(rng, np.dtype("uint8"), np.dtype("uint8"), False)
+    a, bq, a_scale, a_zp, b_scale, _, y_scale, y_zp = _matmul_problem(
+        rng, np.dtype("uint8"), np.dtype("uint8"), False
+    )
     y_zp = int(rng.integers(-128, 128))
     node = helper.make_node("MatMulInteger", ["a", "b", "az", "bz"], ["y"])
     acc = _run_ort([node], {"b": bq, "az": np.array(a_zp, np.uint8), "bz": np.array(0, np.uint8)}, {"a": a})
     b_float = (bq.astype(np.float32) * b_scale[0]).astype(np.float32)
     b_enc = _enc("b", b_scale, 0, np.dtype("uint8"), param=True)
-    binding = _binding("MatMul", {}, ("a", "b"), _enc("a", a_scale, a_zp, np.dtype("uint8")), b_float, b_enc, None,
-                       _enc("y", y_scale, y_zp, np.dtype("int8")), TFLITE)
+    binding = _binding(
+        "MatMul",
+        {},
+        ("a", "b"),
+        _enc("a", a_scale, a_zp, np.dtype("uint8")),
+        b_float,
+        b_enc,
+        None,
+        _enc("y", y_scale, y_zp, np.dtype("int8")),
+        TFLITE,
+    )
     got = MatMul.run(MatMul.prepare(binding), a.astype(np.int64))
     m = float(np.float64(a_scale) * np.float64(b_scale[0]) / np.float64(y_scale))
     expected = np.vectorize(lambda v: _gemmlowp_requant(int(v), m, y_zp))(acc)
@@ -262,21 +355,42 @@ def test_tflite_profile_equals_gemmlowp_on_matmul_integer(seed):
 
 def test_fused_relu_and_clip_are_integer_clamps():
     rng = np.random.default_rng(9)
-    case = dict(x_shape=(1, 3, 6, 6), w_shape=(4, 3, 3, 3), attrs={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},
-                x_dtype=np.dtype("uint8"), w_dtype=np.dtype("int8"), per_channel=False)
+    case = dict(
+        x_shape=(1, 3, 6, 6),
+        w_shape=(4, 3, 3, 3),
+        attrs={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1]},
+        x_dtype=np.dtype("uint8"),
+        w_dtype=np.dtype("int8"),
+        per_channel=False,
+    )
     problem = _conv_problem(rng, case)
     x = problem[0].astype(np.int64)
     plain = Conv.run(_prepared_conv(case, problem), x)
     y_scale, y_zp = float(problem[6]), problem[7]
     clip = Node(1, "clip", "Clip", "", ("y", "lo", "hi"), ("z",), {})
-    b = _prepared_conv(case, problem)  # reuse the weights of the plain conv, add the fused Clip(0, 6*s) binding
-    x_enc, y_enc = _enc("x", problem[2], problem[3], case["x_dtype"]), _enc("y", y_scale, y_zp, case["x_dtype"])
+    b = _prepared_conv(
+        case, problem
+    )  # reuse the weights of the plain conv, add the fused Clip(0, 6*s) binding
+    x_enc, y_enc = (
+        _enc("x", problem[2], problem[3], case["x_dtype"]),
+        _enc("y", y_scale, y_zp, case["x_dtype"]),
+    )
     cout = case["w_shape"][0]
     w_float = (problem[1].astype(np.float32) * problem[4][0]).astype(np.float32)
     b_float = (problem[8] * (np.float64(problem[2]) * np.float64(problem[4][0]))).astype(np.float32)
-    binding = _binding("Conv", case["attrs"], ("x", "w", "b"), x_enc, w_float,
-                       _enc("w", problem[4], 0, case["w_dtype"], param=True), b_float, y_enc, ONNX, fused=(clip,),
-                       fused_constants=([None, np.float32(0.0), np.float32(6 * y_scale)],))
+    binding = _binding(
+        "Conv",
+        case["attrs"],
+        ("x", "w", "b"),
+        x_enc,
+        w_float,
+        _enc("w", problem[4], 0, case["w_dtype"], param=True),
+        b_float,
+        y_enc,
+        ONNX,
+        fused=(clip,),
+        fused_constants=([None, np.float32(0.0), np.float32(6 * y_scale)],),
+    )
     fused = Conv.run(Conv.prepare(binding), x)
     assert b.epilogue.bias.size == cout
     np.testing.assert_array_equal(fused, np.clip(plain, y_zp, y_zp + 6))

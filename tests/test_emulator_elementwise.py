@@ -21,8 +21,8 @@ from kernel_harness import (
 )
 
 from qdiverge.engines.emulator.fixed_point import quantize_multiplier
-from qdiverge.quant import quantize_aimet
 from qdiverge.profiles.schema import Profile
+from qdiverge.quant import quantize_aimet
 
 # the §2.5 example encodings (int8), plus a uint8 set with a large scale ratio
 ENCODINGS = [
@@ -112,7 +112,9 @@ def test_hexagon_nn_add_is_within_one_lsb_of_exact_and_matches_its_formula():
     a, b = all_pairs(ea)
     profile = Profile(name="hexnn-test", eltwise_method="hexagon_nn")
     got = run_kernel(bind("Add", [ea, eb], [eo], profile), a, b)
-    exact = np.array([_exact_sum_code(int(x), int(y), ea, eb, eo, 1, "half_even") for x, y in zip(a, b, strict=True)])
+    exact = np.array(
+        [_exact_sum_code(int(x), int(y), ea, eb, eo, 1, "half_even") for x, y in zip(a, b, strict=True)]
+    )
     assert np.abs(got - exact).max() <= 1
     assert 0 < np.count_nonzero(got != exact) < 0.01 * a.size  # §4.5 measured 0.3 %
     # the op_add_d32.c recipe, scalar, with float32 prepare
@@ -151,7 +153,9 @@ def test_relu_and_clip_equal_exact_rescale_then_clamp(profile):
     (si, zi), (so, zo) = s_z(e_in), s_z(e_out)
     rnd = profile.rescale.rounding
     m = float(np.float64(float(si)) / np.float64(float(so)))
-    qm, shift = (int(v[0]) for v in quantize_multiplier(np.array([m]), cap_shift=not profile.rescale.double_rounding))
+    qm, shift = (
+        int(v[0]) for v in quantize_multiplier(np.array([m]), cap_shift=not profile.rescale.double_rounding)
+    )
     if profile.rescale.double_rounding:
         base = [_mbqm(int(v - zi), m) for v in x]
     else:
@@ -160,8 +164,12 @@ def test_relu_and_clip_equal_exact_rescale_then_clamp(profile):
     assert relu.tolist() == [min(max(v + zo, zo), 255) for v in base]
     lo = zo + round_fraction(Fraction(-0.5) / so, rnd)
     hi = zo + round_fraction(Fraction(6.0) / so, rnd)
-    clip = run_kernel(bind("Clip", [e_in, None, None], [e_out], profile, constants=[None, np.float32(-0.5),
-                                                                                     np.float32(6.0)]), x)  # fmt: skip
+    clip = run_kernel(
+        bind(
+            "Clip", [e_in, None, None], [e_out], profile, constants=[None, np.float32(-0.5), np.float32(6.0)]
+        ),
+        x,
+    )
     assert clip.tolist() == [min(max(v + zo, lo, 0), hi, 255) for v in base]
 
 
@@ -176,8 +184,11 @@ def test_leaky_relu_table_equals_ort_qlinearleakyrelu(signed):
     e_in = enc(0.05, 20 - 128 * signed, signed=signed)
     e_out = enc(0.031, 60 - 128 * signed, signed=signed)
     x = np.arange(e_in.qmin, e_in.qmax + 1)
-    want = ort_run("QLinearLeakyRelu", [("X", x.astype(e_in.storage_dtype)), *qparams("X", e_in),
-                                        *qparams("Y", e_out)], {"alpha": 0.13})[0]  # fmt: skip
+    want = ort_run(
+        "QLinearLeakyRelu",
+        [("X", x.astype(e_in.storage_dtype)), *qparams("X", e_in), *qparams("Y", e_out)],
+        {"alpha": 0.13},
+    )[0]
     got = run_kernel(bind("LeakyRelu", [e_in], [e_out], ORT_PROFILE, {"alpha": 0.13}), x)
     assert np.array_equal(got, want.astype(np.int64))
 
@@ -205,7 +216,14 @@ def test_prelu_per_channel_slopes_use_the_quantized_slope():
     slope = np.array([0.25, -0.5, 0.0, 0.25], dtype=np.float32).reshape(4, 1, 1)
     e_slope = enc(1 / 127, 0, signed=True)
     x = np.random.default_rng(1).integers(0, 256, (2, 4, 3, 3))
-    b = bind("PRelu", [e_in, None], [e_out], SINGLE_PROFILE, constants=[None, slope], param_encodings=[None, e_slope])
+    b = bind(
+        "PRelu",
+        [e_in, None],
+        [e_out],
+        SINGLE_PROFILE,
+        constants=[None, slope],
+        param_encodings=[None, e_slope],
+    )
     got = run_kernel(b, x)
     (si, zi), (so, zo) = s_z(e_in), s_z(e_out)
     q_slope = quantize_aimet(slope, e_slope).ravel().tolist()  # the codes AIMET fake-quant gives the slope
@@ -218,5 +236,8 @@ def test_prelu_per_channel_slopes_use_the_quantized_slope():
         else:
             m = abs(real_slope) * float(si) / float(so)
             qm, shift = (int(t[0]) for t in quantize_multiplier(np.array([m]), cap_shift=True))
-            want = round_fraction(Fraction(v * (1 if real_slope > 0 else -1) * qm, 1 << (31 - shift)), "half_up") + zo
+            want = (
+                round_fraction(Fraction(v * (1 if real_slope > 0 else -1) * qm, 1 << (31 - shift)), "half_up")
+                + zo
+            )
         assert got[idx] == min(max(want, 0), 255), idx

@@ -3,13 +3,25 @@ transcendental functions, fractions for rational ones), and to ONNX Runtime's QL
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import mpmath
 import numpy as np
 import pytest
-from kernel_harness import ORT_PROFILE, bind, enc, ort_run, qparams, round_fraction, run_kernel
+from kernel_harness import (
+    ORT_PROFILE,
+    SINGLE_PROFILE,
+    bind,
+    enc,
+    ort_run,
+    qparams,
+    round_fraction,
+    run_kernel,
+    s_z,
+)
 
+from qdiverge.engines.emulator.fixed_point import quantize_multiplier
 from qdiverge.profiles.schema import LutSpec, Profile
 
 mpmath.mp.prec = 200
@@ -98,6 +110,40 @@ def test_sigmoid_float32_table_equals_ort_qlinearsigmoid(signed, s_in, z_in):
     e_in = enc(s_in, z_in - 128 * signed, signed=signed)
     e_out = enc(1 / 256, -128 * signed, signed=signed)
     x = np.arange(e_in.qmin, e_in.qmax + 1)
-    want = ort_run("QLinearSigmoid", [("X", x.astype(e_in.storage_dtype)), *qparams("X", e_in), *qparams("Y", e_out)])
+    want = ort_run(
+        "QLinearSigmoid", [("X", x.astype(e_in.storage_dtype)), *qparams("X", e_in), *qparams("Y", e_out)]
+    )
     got = run_kernel(bind("Sigmoid", [e_in], [e_out], ORT_PROFILE), x)
     assert np.array_equal(got, want[0].astype(np.int64))
+
+
+@pytest.mark.parametrize("bits, signed, axis", [(8, False, -1), (8, True, 1), (16, False, -1)])
+def test_softmax_equals_its_exact_table_and_division(bits, signed, axis):
+    """exp table of (max - q) in float64 with RNE, then one half-up rounding of E / (S * s_out)."""
+    qmin = -(1 << (bits - 1)) if signed else 0
+    e_in = enc(0.07 if bits == 8 else 0.0004, qmin + 20, bits, signed)
+    e_out = enc(1 / 256 if bits == 8 else 1 / 65536, qmin, bits, signed)
+    x = np.random.default_rng(7).integers(qmin, qmin + (1 << bits), (2, 5, 9))
+    profile = Profile(
+        name="sm", rescale=SINGLE_PROFILE.rescale, lut=LutSpec(rounding="half_even", compute="float64")
+    )
+    got = run_kernel(bind("Softmax", [e_in], [e_out], profile, {"axis": axis}, shapes=[x.shape]), x)
+    s_in, (s_out, z_out) = float(e_in.scale[0]), s_z(e_out)
+    qm, shift = (int(v[0]) for v in quantize_multiplier(np.array([1 / float(s_out)])))
+    frac_bits = min(24, 31 + shift - math.ceil(math.log2(x.shape[axis])) - 1)
+    rows = np.moveaxis(x, axis, -1)
+    want = np.zeros(rows.shape, dtype=np.int64)
+    for idx in np.ndindex(rows.shape[:-1]):
+        row = [int(v) for v in rows[idx]]
+        table = [round(math.exp(-s_in * (max(row) - v)) * 2**frac_bits) for v in row]  # Python round: RNE
+        total = sum(table)
+        want[idx] = [
+            min(
+                max(round_fraction(Fraction(t * qm, total << (31 - shift)), "half_up") + z_out, e_out.qmin),
+                e_out.qmax,
+            )
+            for t in table
+        ]
+    assert np.array_equal(got, np.moveaxis(want, -1, axis))
+    real = np.moveaxis(want, -1, axis).astype(np.float64) - z_out
+    assert np.allclose(real.sum(axis=axis) * float(s_out), 1.0, atol=x.shape[axis] * float(s_out))

@@ -81,8 +81,11 @@ def test_average_pool_float_method_equals_ort_qlinearaveragepool(attrs, include_
     e_in, e_out = enc(0.07, 17 - 128 * signed, signed=signed), enc(0.05, 40 - 128 * signed, signed=signed)
     x = RNG.integers(e_in.qmin, e_in.qmax + 1, (2, 3, 9, 8))
     full = {**attrs, "count_include_pad": include_pad}
-    want = ort_run("QLinearAveragePool", [("X", x.astype(e_in.storage_dtype)), *qparams("X", e_in),
-                                          *qparams("Y", e_out)], full)[0]  # fmt: skip
+    want = ort_run(
+        "QLinearAveragePool",
+        [("X", x.astype(e_in.storage_dtype)), *qparams("X", e_in), *qparams("Y", e_out)],
+        full,
+    )[0]
     got = run_kernel(bind("AveragePool", [e_in], [e_out], ORT_PROFILE, full, shapes=[x.shape]), x)
     assert np.array_equal(got, want.astype(np.int64))
 
@@ -103,14 +106,20 @@ def test_hexagon_nn_average_is_within_one_lsb_of_exact():
     e = enc(0.07, 17)
     x = RNG.integers(0, 256, (1, 4, 9, 9))
     attrs = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-    got = run_kernel(bind("AveragePool", [e], [e], Profile(name="h", pool_method="hexagon_nn"), attrs,
-                          shapes=[x.shape]), x)  # fmt: skip
+    got = run_kernel(
+        bind("AveragePool", [e], [e], Profile(name="h", pool_method="hexagon_nn"), attrs, shapes=[x.shape]), x
+    )
     exact = loop_average(x, e, e, attrs, 0, TFLITE_PROFILE)
     assert np.abs(got - exact).max() <= 1
 
 
-@pytest.mark.parametrize("attrs", [dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
-                                   dict(kernel_shape=[2, 2], dilations=[2, 2], strides=[1, 1])])  # fmt: skip
+@pytest.mark.parametrize(
+    "attrs",
+    [
+        dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]),
+        dict(kernel_shape=[2, 2], dilations=[2, 2], strides=[1, 1]),
+    ],
+)
 def test_max_pool_equals_loop_reference_and_rescales(attrs):
     e_in, e_out = enc(0.1, 120), enc(0.2, 10)
     x = RNG.integers(0, 256, (2, 2, 7, 8))
@@ -124,7 +133,9 @@ def test_max_pool_equals_loop_reference_and_rescales(attrs):
     moved = run_kernel(bind("MaxPool", [e_in], [e_out], SINGLE_PROFILE, attrs, shapes=[x.shape]), x)
     m = float(e_in.scale[0]) / float(e_out.scale[0])
     qm, sh = (int(v[0]) for v in quantize_multiplier(np.array([m]), cap_shift=True))
-    resc = np.vectorize(lambda q: round_fraction(Fraction((int(q) - 120) * qm, 1 << (31 - sh)), "half_up") + 10)
+    resc = np.vectorize(
+        lambda q: round_fraction(Fraction((int(q) - 120) * qm, 1 << (31 - sh)), "half_up") + 10
+    )
     assert np.array_equal(moved, np.clip(resc(want), 0, 255))
 
 
@@ -132,8 +143,11 @@ def test_max_pool_equals_loop_reference_and_rescales(attrs):
 def test_global_average_pool_equals_ort_qlinearglobalaveragepool(signed):
     e_in, e_out = enc(0.07, 17 - 128 * signed, signed=signed), enc(0.01, 40 - 128 * signed, signed=signed)
     x = RNG.integers(e_in.qmin, e_in.qmax + 1, (2, 16, 7, 7))
-    want = ort_run("QLinearGlobalAveragePool", [("X", x.astype(e_in.storage_dtype)), *qparams("X", e_in),
-                                                *qparams("Y", e_out)], {})[0]  # fmt: skip
+    want = ort_run(
+        "QLinearGlobalAveragePool",
+        [("X", x.astype(e_in.storage_dtype)), *qparams("X", e_in), *qparams("Y", e_out)],
+        {},
+    )[0]
     got = run_kernel(bind("GlobalAveragePool", [e_in], [e_out], ORT_PROFILE, shapes=[x.shape]), x)
     assert np.array_equal(got, want.astype(np.int64))
 
@@ -150,8 +164,18 @@ def test_reduce_mean_equals_exact_rescale_of_the_sum(axes, keepdims, form):
     elif axes is not None:
         consts[1] = np.array(axes, dtype=np.int64)
     n = 1 if consts[1] is None else 2  # without an axes input the node has one input
-    got = run_kernel(bind("ReduceMean", [e_in, None][:n], [e_out], SINGLE_PROFILE, attrs, constants=consts[:n],
-                          shapes=[x.shape, None][:n]), x)  # fmt: skip
+    got = run_kernel(
+        bind(
+            "ReduceMean",
+            [e_in, None][:n],
+            [e_out],
+            SINGLE_PROFILE,
+            attrs,
+            constants=consts[:n],
+            shapes=[x.shape, None][:n],
+        ),
+        x,
+    )
     norm = tuple(range(4)) if axes is None else tuple(sorted(a % 4 for a in axes))
     count = int(np.prod([x.shape[a] for a in norm]))
     total = np.sum(x - 5, axis=norm, keepdims=bool(keepdims))  # x - z_in

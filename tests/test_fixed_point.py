@@ -110,6 +110,8 @@ def test_q31_single_rounding_equals_exact_rational(acc, m, zp, signed):
     rounding=st.sampled_from(["half_up", "half_away", "half_even", "floor", "trunc"]),
 )
 def test_every_form_stays_in_range(acc, m, form, rounding):
-    spec = RequantSpec(multiplier=form, rounding=rounding, zero_point="folded" if form == "q31_unnormalized" else "after")
+    spec = RequantSpec(
+        multiplier=form, rounding=rounding, zero_point="folded" if form == "q31_unnormalized" else "after"
+    )
     got = apply_requant(np.array(acc, dtype=np.int64), prepare_requant(np.array([m]), spec, 7), 0, 255)
     assert got.min() >= 0 and got.max() <= 255

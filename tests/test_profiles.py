@@ -39,5 +39,5 @@ def test_bad_profiles(tmp_path, text, fragment):
 
 
 def test_unknown_name_lists_available():
-    with pytest.raises(InputError, match="available: .*htp"):
+    with pytest.raises(InputError, match=r"available: .*htp"):
         load_profile("nope")

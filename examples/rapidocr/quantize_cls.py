@@ -71,10 +71,7 @@ def main() -> None:
     config_path.write_text(json.dumps(fx.user_per_tensor_config(), indent=2) + "\n")
     rng = np.random.default_rng(SEED)
     calibration = [rng.uniform(-1.0, 1.0, INPUT_SHAPE).astype(np.float32) for _ in range(4)]
-    from aimet_onnx.quantsim import QuantizationSimModel
-
-    sim = QuantizationSimModel(model, config_file=str(config_path))
-    sim.compute_encodings([{input_name: x} for x in calibration])
+    sim = fx.quantize(model, config_path, calibration, input_name)
     fx.export(sim, work, versions=("1.0.0",))
     print(
         f"{source.name}: {source.stat().st_size} bytes, {len(model.graph.node)} nodes after folding"

@@ -3,6 +3,7 @@ element-wise rescales. Each uses the emulator's own primitives, so what is flagg
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,7 @@ from qdiverge.quant import aimet_qdq
 from qdiverge.reports.model import Finding
 
 RESCALE_OPS = ("Add", "Sub", "Concat")
+HUGE_MULTIPLIER = 2.0**15  # beyond every fixed-point form's range (q15 gains need a right shift >= 0)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,8 @@ def _linear(ctx: CheckContext, node: Node, channels: int | None = None) -> _Line
     out, out_tensor = ctx.output_encoding(last)
     if out is not None and out.is_float:
         out = None
+    if w_enc.scale.size not in (1, channels):
+        return None  # blockwise weights, or grouped ConvTranspose channels: no single scale per output
     in_scale = float(in_enc.scale.reshape(-1)[0])
     return _Linear(node, in_scale, per_channel_scale(w_enc, channels), out, out_tensor)
 
@@ -58,7 +62,7 @@ def _out_scale(lin: _Linear) -> float | None:
     return float(lin.out.scale.reshape(-1)[0]) if lin.out is not None and not lin.out.per_channel else None
 
 
-def _biases(ctx: CheckContext):
+def _biases(ctx: CheckContext) -> Iterator[tuple[_Linear, str, np.ndarray, np.ndarray]]:
     """(linear scales, bias name, the bias the sim adds (float64), accumulator scale) per biased op."""
     for node in ctx.model.nodes:
         if node.op_type not in LINEAR_OPS:
@@ -160,6 +164,15 @@ def requant_multiplier(ctx: CheckContext) -> list[Finding]:
         if lin is None or s_out is None:
             continue
         m = effective_multiplier(lin.in_scale, lin.w_scale, s_out, spec.scale_precision)
+        if m.max() >= HUGE_MULTIPLIER:
+            c = int(np.argmax(m))
+            found.append(finding(
+                "requant-multiplier", "error",
+                f"channel {c}: M = {m[c]:.3g}: one accumulator step is {m[c]:.3g} output LSB, so the output"
+                " encoding is degenerate against s_in*s_w and every output saturates",
+                node=node.name, tensor=lin.out_tensor, fix="recalibrate the output encoding of this layer",
+                multiplier=float(m[c]), form=spec.multiplier, worst_channel=c, channels=m.size))
+            continue
         params = prepare_requant(m, spec, 0)
         top = (1 << lin.out.bitwidth) - 1
         in_range, big = _sweep(m, lin.out.bitwidth)
@@ -177,8 +190,8 @@ def requant_multiplier(ctx: CheckContext) -> list[Finding]:
             c = int(np.argmax(flushed))
             what = f"M = {m[c]:.3g} flushes to 0 in {spec.multiplier} form: the output is the zero point only"
         elif overflow[c] > precision[c]:
-            what = (f"M = {m[c]:.3g} >= 1 is applied with a left shift that wraps large accumulators"
-                    f" instead of saturating (up to {overflow[c]:.0f} LSB off)")
+            what = (f"M = {m[c]:.3g} is applied with a left shift by {int(params.left_shift[c])} that wraps"
+                    f" large accumulators instead of saturating (up to {overflow[c]:.0f} LSB off)")
         else:
             what = (f"M = {m[c]:.3g} has too few bits in {spec.multiplier} form: up to {precision[c]:.3g} LSB"
                     " off (rounding alone is 0.5)")

@@ -153,13 +153,13 @@ def per_channel_scale(enc: Encoding, channels: int) -> np.ndarray:
 
 def finding(rule: str, severity: str, message: str, *, node: str, tensor: str, fix: str = "",
             **numbers: float | int | str) -> Finding:
-    """A ``Finding`` that names its node and tensor in ``numbers`` (``attach`` matches on them)."""
-    plain = {k: (float(f"{float(v):.6g}") if isinstance(v, float | np.floating) else
-                 int(v) if isinstance(v, np.integer) else v) for k, v in numbers.items()}
+    """A ``Finding`` that names its node and tensor in ``numbers`` (``attach`` matches on them); numpy
+    scalars become plain Python numbers so reports serialize them."""
+    plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in numbers.items()}
     return Finding(rule, severity, message, {"node": node, "tensor": tensor, **plain}, fix)
 
 
-def worst_channels(values: np.ndarray, count: int = 8, fmt: str = "{:.3g}") -> str:
+def worst_channels(values: np.ndarray, count: int = 8) -> str:
     """``"c3=1.21 c7=0.9"``: the ``count`` largest per-channel values, for a finding's numbers."""
     order = np.argsort(-values, kind="stable")[:count]
-    return " ".join(f"c{int(c)}=" + fmt.format(float(values[c])) for c in order)
+    return " ".join(f"c{int(c)}={float(values[c]):.3g}" for c in order)

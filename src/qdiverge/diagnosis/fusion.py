@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from qdiverge.diagnosis.context import COMPUTE_OPS, LINEAR_OPS, CheckContext, finding
+from qdiverge.encodings.bind import DATA_MOVEMENT_OPS
 from qdiverge.encodings.schema import encoding_from_range
 from qdiverge.engines.emulator.kernels.rescale import same_encoding
 from qdiverge.reports.model import Finding
@@ -23,6 +24,7 @@ MONOTONE_CLAMPS = frozenset({"Relu", "Clip"})
 
 
 def missing_target_encoding(ctx: CheckContext) -> list[Finding]:
+    """Compute outputs without an encoding that the target requantizes (error inside a sim supergroup)."""
     found = []
     for node in ctx.model.nodes:
         if node.op_type not in COMPUTE_OPS or not node.outputs or not node.outputs[0]:
@@ -36,6 +38,8 @@ def missing_target_encoding(ctx: CheckContext) -> list[Finding]:
             continue  # the target fuses it too: no tensor, no encoding needed
         if node.op_type == "MatMul" and ctx.bias(node)[1] is not None:
             continue  # MatMul + constant Add is one linear op with a bias on every target
+        if nxt is not None and nxt.op_type in DATA_MOVEMENT_OPS and ctx.output_encoding(node)[0] is not None:
+            continue  # converters propagate the encoding back across data movement
         chain = ctx.supergroup_tensors.get(tensor)
         looks_fused = nxt is not None and node.op_type in SUPERGROUP_HEADS and nxt.op_type in ACTIVATIONS
         if chain is None and looks_fused:
@@ -66,6 +70,7 @@ def missing_target_encoding(ctx: CheckContext) -> list[Finding]:
 
 
 def sim_only_quantizer(ctx: CheckContext) -> list[Finding]:
+    """Encoded outputs the target fuses away: the sim rounds and clamps where the target does not."""
     found = []
     for node in ctx.model.nodes:
         tensor = node.outputs[0] if node.outputs else ""

@@ -79,3 +79,30 @@ def run_info(ws, source, modes: Sequence[str], metric: str, command: Sequence[st
         modes=tuple(modes),
         metric=metric,
     )
+
+
+def check_report(ws, findings: Sequence[Finding], command: Sequence[str]) -> Report:
+    """A ``Report`` for ``qdiverge check``: one row per node with findings, worst first, no metrics."""
+    from qdiverge.loading.inputs import InputSource
+
+    by_node: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_node.setdefault(str(f.numbers.get("node", "")), []).append(f)
+    nodes = {n.name: n for n in ws.model.nodes}
+    layers = tuple(
+        LayerResult(
+            rank=position,
+            node=name,
+            op_type=nodes[name].op_type if name in nodes else "",
+            tensor=str(group[0].numbers.get("tensor", "")),
+            depth=nodes[name].index if name in nodes else -1,
+            contribution=0.0,
+            isolated=None,
+            cumulative=None,
+            split_final=None,
+            why=tuple(group),
+        )
+        for position, (name, group) in enumerate(by_node.items(), start=1)
+    )
+    info = run_info(ws, InputSource(ws.model, None, 0, 0), ("check",), "findings", command, ("static",))
+    return Report(schema_version=SCHEMA_VERSION, run=info, summary=(), layers=layers)

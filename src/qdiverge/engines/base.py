@@ -59,10 +59,16 @@ def expose_outputs(proto: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelPr
     return out
 
 
-def extract_suffix(proto: onnx.ModelProto, inputs: Iterable[str], outputs: Iterable[str]) -> onnx.ModelProto:
+def extract_suffix(
+    proto: onnx.ModelProto,
+    inputs: Iterable[str],
+    outputs: Iterable[str],
+    input_types: Mapping[str, np.dtype] | None = None,
+) -> onnx.ModelProto:
     """The part of ``proto`` that computes ``outputs`` from the tensors ``inputs`` (which become inputs).
 
     Walks back from the outputs and stops at the given inputs, so nothing upstream of the cut is kept.
+    New inputs are float32 unless ``input_types`` says otherwise (a cut can cross an int64 shape tensor).
     """
     cut = set(inputs)
     wanted = list(outputs)
@@ -106,8 +112,10 @@ def extract_suffix(proto: onnx.ModelProto, inputs: Iterable[str], outputs: Itera
     del graph.input[:]
     graph.input.extend(kept_inputs)
     used = {i for n in nodes for i in n.input} | set(wanted)
+    types = input_types or {}
     for name in sorted(cut & used):
-        graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(types.get(name, np.float32)))
+        graph.input.append(onnx.helper.make_tensor_value_info(name, elem, None))
     del graph.output[:]
     graph.output.extend(onnx.ValueInfoProto(name=o) for o in wanted)
     del graph.value_info[:]

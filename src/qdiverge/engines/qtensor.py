@@ -12,14 +12,14 @@ from qdiverge.quant import dequantize
 
 @dataclass(frozen=True, eq=False)
 class QTensor:
-    """``codes`` (int64, storage domain) with their ``encoding``; or, for a tensor without an encoding (shapes,
-    indices, a float-only output), the plain array in ``codes`` and ``encoding=None``."""
+    """``codes`` (int64, storage domain) with their ``encoding``; or, for a tensor without an encoding
+    (shapes, indices, a float-only output), the plain array in ``codes`` and ``encoding=None``."""
 
     codes: np.ndarray
     encoding: Encoding | None
 
     def dequantize(self) -> np.ndarray:
-        """Float value, computed exactly as the sim computes it (``quant.dequantize``), so both share a grid."""
+        """Float value computed exactly as the sim does (``quant.dequantize``): both share one grid."""
         if self.encoding is None:
             return self.codes
         return dequantize(self.codes, self.encoding)

@@ -193,7 +193,8 @@ class OrtGraphEngine:
         passthrough = {n for n in wanted if self.internal(n) in internal_in}
         if session is None:
             computed = [o for o in internal_out if o not in internal_in]
-            sub = extract_suffix(self._proto, internal_in, computed) if computed else None
+            types = {self.internal(n): np.asarray(v).dtype for n, v in cut_feeds.items()}
+            sub = extract_suffix(self._proto, internal_in, computed, types) if computed else None
             session = make_session(sub, optimize=self._optimize) if sub is not None else None
             self._suffix[key] = session
         results: dict[str, np.ndarray] = {n: np.asarray(cut_feeds[n]) for n in passthrough}

@@ -220,3 +220,58 @@ def probe_bias(arch: int) -> list[ProbeResult]:
         )
     )
     return results
+
+
+def probe_depthwise(arch: int) -> list[ProbeResult]:
+    """(e) per-channel 3x3 depthwise, weight scales 1e-5..1e-1, two dead (all-zero) channels with a bias.
+
+    The output scale (2^-8) is fine enough that a 10x rescaled tiny channel (Hexagon NN clamps scales below
+    s_max/1024) would move codes.
+    """
+    from qdiverge.probes.fusion import dw_acc  # fusion builds on conv; import here to keep one direction
+
+    rng = np.random.default_rng(13)
+    scales = np.geomspace(1e-5, 1e-1, 10).astype(np.float32)
+    chans = scales.size
+    w = np.clip(np.round(rng.uniform(-0.3, 0.3, (chans, 3, 3)) / scales[:, None, None]), -127, 127)
+    w[[1, 6]] = 0  # dead channels: no weights, only the bias
+    x_qp = QParams(0.05, 128, "uint8")
+    w_qp = QParams(tuple(float(s) for s in scales), (0,) * chans, "int8", axis=0)
+    unit = [Fraction(float(np.float32(0.05))) * Fraction(float(s)) for s in scales]
+    bias_real = rng.uniform(-0.4, 0.4, chans)
+    b_qp = QParams(tuple(float(np.float32(float(u))) for u in unit), (0,) * chans, "int32", axis=0)
+    b_codes = np.round(bias_real / np.array(b_qp.scales, np.float64)).astype(np.int64)
+    out = QParams(2.0**-8, 128, "uint8")
+    x = rng.integers(0, 256, (1, chans, 8, 8))
+    g = QdqGraph("depthwise")
+    xin = g.code_input("x", x.shape, x_qp)
+    conv_in = [xin, g.const("w", w.reshape(chans, 1, 3, 3), w_qp), g.const("b", b_codes, b_qp)]
+    g.output(g.op("Conv", conv_in, "c", group=chans, pads=[1, 1, 1, 1]), out)
+    got = run_codes(g, {"x": x.astype(np.uint8)}, arch)
+    acc = dw_acc(x[0] - 128, w.astype(np.int64), 1)
+    (s_out,) = out.fractions()
+    cands, exact = {}, None
+    for label, eff in (
+        ("exact per-channel", unit),
+        ("scales clamped to s_max/1024", [max(u, unit[-1] / 1024) for u in unit]),
+    ):
+        for rule in ("RHU", "RNE"):
+            codes = []
+            for c in range(chans):
+                # bias re-quantized by the EP at s_in*s_w[c] (RNE, measured); here declared at exactly that scale
+                b_i = round_ratio(*scaled(np.array([b_codes[c]]), Fraction(float(b_qp.scales[c])) / unit[c]), "RNE")
+                num, den = scaled(acc[c].ravel() + int(b_i[0]), eff[c] / s_out)
+                codes.append(clamp(round_ratio(num, den, rule) + 128, 0, 255))
+                if label.startswith("exact") and rule == "RHU":
+                    exact = np.concatenate([exact, ratio_lsb(num, den)]) if exact is not None else ratio_lsb(num, den)
+            cands[f"{label}/{rule}"] = np.concatenate(codes)
+    return [
+        ProbeResult(
+            "depthwise per-channel 1e-5..1e-1",
+            "tiny scales, dead channels",
+            got[0].reshape(chans, -1).ravel(),
+            cands,
+            exact,
+            lambda i, s=scales: f"channel {i // 64} (s_w {s[i // 64]:.1e})",
+        )
+    ]

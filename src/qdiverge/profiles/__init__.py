@@ -51,7 +51,9 @@ def _resolve(name_or_path: str | Path) -> Path:
         return path
     candidate = TARGETS_DIR / f"{name_or_path}.yaml"
     if not candidate.is_file():
-        raise InputError(f"unknown target profile {str(name_or_path)!r}; available: {', '.join(available_profiles())}")
+        raise InputError(
+            f"unknown target profile {str(name_or_path)!r}; available: {', '.join(available_profiles())}"
+        )
     return candidate
 
 

@@ -37,7 +37,9 @@ class RequantSpec:
 class LutSpec:
     """Non-linear activations as tables from input code to output code."""
 
-    ops: tuple[str, ...] = ("HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Erf", "Gelu", "Exp", "Elu", "Softplus")
+    ops: tuple[str, ...] = (
+        "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Erf", "Gelu", "Exp", "Elu", "Softplus",
+    )
     rounding: str = "half_even"
     compute: str = "float32"  # precision of f(x) when the table is built: float32 | float64
 
@@ -60,7 +62,8 @@ class Profile:
     rescale: RequantSpec = field(default_factory=RequantSpec)  # Concat inputs, pooling, Resize, Relu/Clip
     eltwise_method: str = "tflite"  # Add/Sub: tflite (3 Q multipliers) | hexagon_nn (14-bit) | float (ORT)
     concat_method: str = "requant"  # inputs to the output encoding: requant (rescale spec) | lut | hexagon_nn
-    pool_method: str = "requant"  # AveragePool/GlobalAveragePool/ReduceMean: requant | tflite | hexagon_nn | float
+    # AveragePool/GlobalAveragePool/ReduceMean: requant | tflite | hexagon_nn | float
+    pool_method: str = "requant"
     resize_method: str = "q10"  # bilinear Resize: q10 (TFLite 10-bit weights) | exact (rational weights)
     lut: LutSpec = field(default_factory=LutSpec)
     fusions: tuple[tuple[str, ...], ...] = (("Conv", "Relu"), ("Conv", "Clip"))

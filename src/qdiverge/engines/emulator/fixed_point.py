@@ -28,7 +28,10 @@ def _i64(x: np.ndarray | int) -> np.ndarray:
 
 
 def _round_parts(floor: np.ndarray, above: np.ndarray, tie: np.ndarray, negative: np.ndarray, rounding: str):
-    """``floor(v)`` plus the tie rule's increment, from ``v > floor + 1/2`` (``above``) and ``v == floor + 1/2``."""
+    """``floor(v)`` plus the tie rule's increment.
+
+    ``above``: ``v > floor + 1/2``; ``tie``: ``v == floor + 1/2``; ``negative``: ``v < 0``.
+    """
     if rounding == "floor":
         return floor
     if rounding == "half_up":
@@ -160,7 +163,7 @@ def rdbypot(x: np.ndarray, exponent: np.ndarray | int) -> np.ndarray:
 def mbqm_double(x: np.ndarray, qm: np.ndarray, shift: np.ndarray, rounding: str = "half_away") -> np.ndarray:
     """TFLite ``MultiplyByQuantizedMultiplier``, default (double-rounding) build.
 
-    ``RDBYPOT(SRDHM(wrap32(x * 2^left), qm), right)`` with ``left = max(shift, 0)``, ``right = max(-shift, 0)``;
+    ``RDBYPOT(SRDHM(wrap32(x * 2^left), qm), right)``, ``left = max(shift, 0)``, ``right = max(-shift, 0)``;
     the int32 left shift wraps like the C code. ``rounding`` is the second rounding (``half_away`` in TFLite).
     """
     shift = _i64(shift)
@@ -169,7 +172,7 @@ def mbqm_double(x: np.ndarray, qm: np.ndarray, shift: np.ndarray, rounding: str 
 
 
 def mbqm_single(x: np.ndarray, qm: np.ndarray, shift: np.ndarray, rounding: str = "half_up") -> np.ndarray:
-    """TFLite ``MultiplyByQuantizedMultiplier`` with ``TFLITE_SINGLE_ROUNDING``: ``R(x * qm / 2^(31 - shift))``."""
+    """TFLite ``MultiplyByQuantizedMultiplier`` (single-rounding build): ``R(x * qm / 2^(31 - shift))``."""
     shift = _i64(shift)
     assert np.all(shift <= 30), "single rounding needs shift <= 30 (quantize_multiplier(cap_shift=True))"
     return rounding_right_shift(_i64(x) * _i64(qm), 31 - shift, rounding)  # |x*qm| < 2^62
@@ -194,7 +197,8 @@ def q15_gain(m: np.ndarray, truncate: bool = False) -> tuple[np.ndarray, np.ndar
     """Hexagon NN 16-bit gain: ``m ~= g / 2^right`` with ``g < 2^15``.
 
     For ``m < 1``: ``g = sat16(R(m * 2^15))``, ``right = 15`` (unnormalised, as ``nn_requantize_qu8_to_qu8``).
-    For ``m >= 1``: ``e`` = ``frexp`` exponent, ``g = R(m * 2^(15 - e))``, ``right = 15 - e``. ``R`` is half away
+    For ``m >= 1``: ``e`` = ``frexp`` exponent, ``g = R(m * 2^(15 - e))``, ``right = 15 - e``.
+    ``R`` is half away
     (``roundf``) or, with ``truncate``, toward zero (the ``(int)`` cast of the concat / scaled-copy gains).
     Computed in float32 like the C code.
     """

@@ -162,7 +162,12 @@ def accumulator_dtype(bound: float, what: str) -> type:
 
 
 def make_epilogue(
-    b: Binding, in_enc: Encoding, w_scale: np.ndarray, bias: np.ndarray | None, bound: float, alpha: float = 1.0
+    b: Binding,
+    in_enc: Encoding,
+    w_scale: np.ndarray,
+    bias: np.ndarray | None,
+    bound: float,
+    alpha: float = 1.0,
 ) -> Epilogue:
     """Bias quantization, requantization and the fused activations of a weight-bearing node ``b``."""
     prof = b.profile
@@ -211,4 +216,3 @@ def make_epilogue(
         act_rounding=prof.lut.rounding,
         float_exact=float_exact,
     )
-

@@ -52,11 +52,15 @@ def effective_multiplier(
     """``M = s_in * s_w / s_out`` evaluated left to right in ``precision`` (ORT and Hexagon NN: float32;
     TFLite per-channel: float64 of float32 scales)."""
     dtype = np.float32 if precision == "float32" else np.float64
-    s_in, s_w, s_out = (np.asarray(v, dtype=np.float64).astype(dtype).reshape(-1) for v in (in_scale, w_scale, out_scale))
+    s_in, s_w, s_out = (
+        np.asarray(v, dtype=np.float64).astype(dtype).reshape(-1) for v in (in_scale, w_scale, out_scale)
+    )
     return ((s_in * s_w) / s_out).astype(np.float64)
 
 
-def prepare_requant(real_multiplier: np.ndarray, spec: RequantSpec, zero_point: np.ndarray | int) -> RequantParams:
+def prepare_requant(
+    real_multiplier: np.ndarray, spec: RequantSpec, zero_point: np.ndarray | int
+) -> RequantParams:
     """Fixed-point form of ``real_multiplier`` (shape ``(C,)``, > 0) under ``spec``."""
     m = np.atleast_1d(np.asarray(real_multiplier, dtype=np.float64))
     assert np.all(m > 0) and np.all(np.isfinite(m)), "real multipliers must be finite and > 0"
@@ -90,7 +94,7 @@ def prepare_requant(real_multiplier: np.ndarray, spec: RequantSpec, zero_point: 
 
 
 def along_axis(values: np.ndarray, ndim: int, axis: int) -> np.ndarray:
-    """Per-channel ``values`` shaped to broadcast along ``axis`` of a rank-``ndim`` array (scalars stay 0-d)."""
+    """Per-channel ``values`` shaped to broadcast along ``axis`` of a rank-``ndim`` array (or 0-d)."""
     if values.size == 1:
         return values.reshape(())
     shape = [1] * ndim
@@ -109,7 +113,9 @@ def apply_requant(acc: np.ndarray, p: RequantParams, qmin: int, qmax: int, axis:
     if p.form == "q31" and p.double_rounding:
         y = fx.rounding_right_shift(fx.srdhm(fx.wrap_int32(x << left), mult), right, p.rounding)
     elif p.form in ("float32", "float64"):
-        y = fx.round_to_int(x.astype(mult.dtype) * mult, p.rounding)  # int32 -> float32 rounds above 2^24, as MLAS
+        y = fx.round_to_int(
+            x.astype(mult.dtype) * mult, p.rounding
+        )  # int32 -> float32 rounds above 2^24, as MLAS
     else:
         if np.any(p.left_shift):
             x = fx.wrap_int32(x << left)  # Hexagon vasl: not saturating
@@ -134,9 +140,7 @@ def quantize_float(x: np.ndarray, enc: Encoding, rounding: str, reciprocal: bool
     return np.clip(q_u, 0, enc.num_steps) + enc.qmin
 
 
-def quantize_bias(
-    bias: np.ndarray, acc_scale: np.ndarray, bits: int, rounding: str
-) -> np.ndarray:
+def quantize_bias(bias: np.ndarray, acc_scale: np.ndarray, bits: int, rounding: str) -> np.ndarray:
     """int32 bias codes at ``acc_scale = s_in * s_w[c]`` (float64), saturated.
 
     ``bits == 8`` models the converters' default 8-bit bias: first a symmetric 8-bit quantize-dequantize with

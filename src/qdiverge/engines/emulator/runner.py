@@ -32,13 +32,35 @@ from qdiverge.profiles.schema import Profile
 from qdiverge.quant import dequantize
 
 # outputs share the input's encoding on the target (TFLite spec, AIMET "is_output_quantized False")
-PASS_THROUGH = frozenset({
-    "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Split", "Gather", "Identity", "MaxPool",
-    "GlobalMaxPool", "Pad", "Expand", "Tile", "DepthToSpace", "SpaceToDepth", "Dropout", "ReduceMax", "ReduceMin",
-    "Resize", "Upsample", "TopK",
-})
-FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                         onnx.TensorProto.BFLOAT16})
+PASS_THROUGH = frozenset(
+    {
+        "Reshape",
+        "Transpose",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Slice",
+        "Split",
+        "Gather",
+        "Identity",
+        "MaxPool",
+        "GlobalMaxPool",
+        "Pad",
+        "Expand",
+        "Tile",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "Dropout",
+        "ReduceMax",
+        "ReduceMin",
+        "Resize",
+        "Upsample",
+        "TopK",
+    }
+)
+FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+)
 
 Calibrate = Callable[[Iterable[str]], Mapping[str, tuple[float, float]]]
 
@@ -141,16 +163,22 @@ class Emulator:
             chain = self._fusion_chain(node)
             taken.update(n.index for n in chain)
             internal = {o for n in chain[:-1] for o in n.outputs}
-            inputs = [i for n in chain for i in n.inputs
-                      if i and i not in internal and not self.model.is_constant(i)]
-            steps.append(Step(
-                name=node.name,
-                nodes=tuple(chain),
-                inputs=tuple(dict.fromkeys(inputs)),
-                outputs=tuple(o for o in chain[-1].outputs if o),
-                output_encodings=(),
-                fused=[n.name for n in chain[1:]],
-            ))
+            inputs = [
+                i
+                for n in chain
+                for i in n.inputs
+                if i and i not in internal and not self.model.is_constant(i)
+            ]
+            steps.append(
+                Step(
+                    name=node.name,
+                    nodes=tuple(chain),
+                    inputs=tuple(dict.fromkeys(inputs)),
+                    outputs=tuple(o for o in chain[-1].outputs if o),
+                    output_encodings=(),
+                    fused=[n.name for n in chain[1:]],
+                )
+            )
         return steps
 
     def _resolve_encodings(self, calibrate: Calibrate | Mapping[str, tuple[float, float]] | None) -> dict:
@@ -169,15 +197,20 @@ class Emulator:
             for out in step.outputs:
                 if out in acts or not self._is_float(out):
                     target[out] = acts.get(out)
-                elif len(step.nodes) == 1 and main.op_type in PASS_THROUGH and main.inputs[0] in (*target, *alias,
-                                                                                                 *derive):
+                elif (
+                    len(step.nodes) == 1
+                    and main.op_type in PASS_THROUGH
+                    and main.inputs[0] in (*target, *alias, *derive)
+                ):
                     alias[out] = main.inputs[0]
                 else:
                     derive[out] = (step, first.bitwidth if first is not None else 8)
         if derive:
             if calibrate is None:
                 raise InputError(
-                    f"the target needs encodings the export lacks for {sorted(derive)[:5]}; no calibration data given")
+                    f"the target needs encodings the export lacks for {sorted(derive)[:5]};"
+                    " no calibration data given"
+                )
             ranges = calibrate if isinstance(calibrate, Mapping) else calibrate(list(derive))
             for name, (step, bits) in derive.items():
                 if name not in ranges:
@@ -208,10 +241,14 @@ class Emulator:
         consts = [model.initializers.get(n) if n else None for n in names]
         binding = registry.Binding(
             node=main,
-            input_encodings=[None if not n or model.is_constant(n) else self.target_encodings.get(n) for n in names],
+            input_encodings=[
+                None if not n or model.is_constant(n) else self.target_encodings.get(n) for n in names
+            ],
             output_encodings=step.output_encodings,
             constants=consts,
-            param_encodings=[self.encodings.params.get(n) if n and model.is_constant(n) else None for n in names],
+            param_encodings=[
+                self.encodings.params.get(n) if n and model.is_constant(n) else None for n in names
+            ],
             input_shapes=[model.shapes.get(n) if n else None for n in names],
             profile=self.profile,
             fused=step.nodes[1:],
@@ -227,7 +264,9 @@ class Emulator:
         except registry.Unsupported as exc:
             return self._fall_back(step, str(exc))
         step.kernel = kernel
-        step.args = tuple(None if not n else self._constant(n) if model.is_constant(n) else _Arg(n) for n in names)
+        step.args = tuple(
+            None if not n else self._constant(n) if model.is_constant(n) else _Arg(n) for n in names
+        )
 
     def _fall_back(self, step: Step, reason: str) -> None:
         step.float_fallback, step.fallback_reason = True, reason
@@ -283,7 +322,9 @@ class Emulator:
         results = session.run(list(step.outputs), feeds)
         prof = self.profile
         return tuple(
-            r if enc is None or enc.is_float else quantize_float(r, enc, prof.input_rounding, prof.input_reciprocal)
+            r
+            if enc is None or enc.is_float
+            else quantize_float(r, enc, prof.input_rounding, prof.input_reciprocal)
             for r, enc in zip(results, step.output_encodings, strict=True)
         )
 
@@ -294,15 +335,28 @@ class Emulator:
         for name in sorted(used & set(model.initializers)):
             value, enc = model.initializers[name], self.encodings.get(name)
             if enc is not None and not enc.is_float and np.issubdtype(value.dtype, np.floating):
-                value = dequantize(quantize_float(value, enc, self.profile.weight_rounding), enc).astype(value.dtype)
+                value = dequantize(quantize_float(value, enc, self.profile.weight_rounding), enc).astype(
+                    value.dtype
+                )
             inits.append(numpy_helper.from_array(np.asarray(value), name))
-        inputs = [helper.make_tensor_value_info(n, self._types.get(n, onnx.TensorProto.FLOAT)
-                                                if not self.target_encodings.get(n) else onnx.TensorProto.FLOAT, None)
-                  for n in step.inputs]
-        nodes = [nproto for nproto in model.proto.graph.node
-                 if tuple(nproto.output) in {tuple(n.outputs) for n in step.nodes}]
-        graph = helper.make_graph(nodes, step.name, inputs, [onnx.ValueInfoProto(name=o) for o in step.outputs],
-                                  inits)
+        inputs = [
+            helper.make_tensor_value_info(
+                n,
+                self._types.get(n, onnx.TensorProto.FLOAT)
+                if not self.target_encodings.get(n)
+                else onnx.TensorProto.FLOAT,
+                None,
+            )
+            for n in step.inputs
+        ]
+        nodes = [
+            nproto
+            for nproto in model.proto.graph.node
+            if tuple(nproto.output) in {tuple(n.outputs) for n in step.nodes}
+        ]
+        graph = helper.make_graph(
+            nodes, step.name, inputs, [onnx.ValueInfoProto(name=o) for o in step.outputs], inits
+        )
         out = helper.make_model(graph, opset_imports=list(model.proto.opset_import))
         out.ir_version = model.proto.ir_version
         return out
@@ -310,10 +364,18 @@ class Emulator:
     def fallback_report(self) -> list[dict[str, Any]]:
         """Steps that did not run as plain integer kernels: float fallbacks and derived encodings."""
         return [
-            {"step": s.name, "ops": "+".join(n.op_type for n in s.nodes), "float_fallback": s.fallback_reason,
-             "derived_encodings": list(s.derived_encodings)}
-            for s in self.steps if s.float_fallback or s.derived_encodings
+            {
+                "step": s.name,
+                "ops": "+".join(n.op_type for n in s.nodes),
+                "float_fallback": s.fallback_reason,
+                "derived_encodings": list(s.derived_encodings),
+            }
+            for s in self.steps
+            if s.float_fallback or s.derived_encodings
         ]
 
     def describe(self) -> Sequence[str]:
-        return [f"{s.name}: {'+'.join(n.op_type for n in s.nodes)} {' '.join(s.flags)}".rstrip() for s in self.steps]
+        return [
+            f"{s.name}: {'+'.join(n.op_type for n in s.nodes)} {' '.join(s.flags)}".rstrip()
+            for s in self.steps
+        ]

@@ -131,7 +131,7 @@ def _im2col_matmul(xp: np.ndarray, p: ConvParams, out_hw: tuple[int, int]) -> np
     g = p.geometry
     (kh, kw), (sh, sw), (dh, dw) = g.kernel, g.strides, g.dilations
     oh, ow = out_hw
-    n, c = xp.shape[:2]
+    n = xp.shape[0]
     groups, mg, k = p.weights.shape
     if (kh, kw) == (1, 1):
         cols = xp[:, :, : sh * (oh - 1) + 1 : sh, : sw * (ow - 1) + 1 : sw].reshape(n, groups, k, oh * ow)
@@ -207,11 +207,15 @@ class ConvTransposeParams:
     epilogue: Epilogue
 
 
-def _transpose_pads(p: ConvTransposeParams, h: int, w: int) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
+def _transpose_pads(
+    p: ConvTransposeParams, h: int, w: int
+) -> tuple[tuple[int, int, int, int], tuple[int, int]]:
     """(pads, full extent) of a ConvTranspose for input size (h, w), following the ONNX shape rules."""
     g = p.geometry
-    full = [s * (size - 1) + op + (k - 1) * d + 1
-            for size, s, op, k, d in zip((h, w), g.strides, p.output_padding, g.kernel, g.dilations, strict=True)]
+    full = [
+        s * (size - 1) + op + (k - 1) * d + 1
+        for size, s, op, k, d in zip((h, w), g.strides, p.output_padding, g.kernel, g.dilations, strict=True)
+    ]
     target = p.output_shape
     if target is None and g.auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         target = (h * g.strides[0], w * g.strides[1])
@@ -283,9 +287,9 @@ class ConvTranspose:
         full = np.zeros((n, p.out_channels, fh, fw), dtype=p.dtype)
         for i in range(kh):  # col2im: each tap lands on a strided sub-grid of the output
             for j in range(kw):
-                full[:, :, i * dh : i * dh + sh * (h - 1) + 1 : sh, j * dw : j * dw + sw * (w - 1) + 1 : sw] += cols[
-                    :, :, i, j
-                ]
+                full[
+                    :, :, i * dh : i * dh + sh * (h - 1) + 1 : sh, j * dw : j * dw + sw * (w - 1) + 1 : sw
+                ] += cols[:, :, i, j]
         t, left, bottom, r = pads
         acc = full[:, :, t : fh - bottom, left : fw - r]
         y = p.epilogue(acc, axis=1)

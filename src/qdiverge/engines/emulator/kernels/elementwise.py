@@ -33,6 +33,7 @@ from qdiverge.engines.emulator.fixed_point import (
 from qdiverge.engines.emulator.kernels.activation import Table, lookup, prepare_table
 from qdiverge.engines.emulator.kernels.rescale import (
     RescaleParams,
+    encoding_of,
     float_dtype,
     prepare_rescale,
     ratio,
@@ -70,15 +71,16 @@ class AddParams:
 
 
 def _prepare_add(b: Binding, sign: int) -> AddParams:
-    sa, za = scalar_encoding(b.input_encodings[0], "input A")
-    sb, zb = scalar_encoding(b.input_encodings[1], "input B")
+    ea, eb = encoding_of(b, 0), encoding_of(b, 1)
+    sa, za = scalar_encoding(ea, "input A")
+    sb, zb = scalar_encoding(eb, "input B")
     out = b.output_encodings[0]
     so, zo = scalar_encoding(out, "output")
     assert out is not None
     spec, method = b.profile.eltwise, b.profile.eltwise_method
     base = dict(sign=sign, za=za, zb=zb, qmin=out.qmin, qmax=out.qmax)
     if method == "tflite":
-        bits = max(e.bitwidth for e in (b.input_encodings[0], b.input_encodings[1]) if e is not None)
+        bits = max(e.bitwidth for e in (ea, eb) if e is not None)
         shift = min(b.profile.eltwise_left_shift, 30 - bits)
         twice_max = 2.0 * max(sa, sb)
         return AddParams(
@@ -90,7 +92,7 @@ def _prepare_add(b: Binding, sign: int) -> AddParams:
             **base,
         )
     if method == "hexagon_nn":
-        encs = (b.input_encodings[0], b.input_encodings[1], out)
+        encs = (ea, eb, out)
         if any(e is None or e.bitwidth > 8 for e in encs):
             raise Unsupported("hexagon_nn add is 8-bit only")
         f32 = np.float32
@@ -108,9 +110,15 @@ def _prepare_add(b: Binding, sign: int) -> AddParams:
         offset = int(round_to_int(np.array([z_out_u * 2.0**rsh]), "half_away")[0]) - intzero
         offset = int(np.clip(offset, INT16_MIN, INT16_MAX))
         return AddParams(
-            "hexagon_nn", a_scale=a_scale, b_scale=b_scale, offset=offset, rsh=rsh,
-            ua=encs[0].qmin, ub=encs[1].qmin, **base,
-        )  # fmt: skip
+            "hexagon_nn",
+            a_scale=a_scale,
+            b_scale=b_scale,
+            offset=offset,
+            rsh=rsh,
+            ua=encs[0].qmin,
+            ub=encs[1].qmin,
+            **base,
+        )
     if method == "float":
         dt = float_dtype(spec)
         r_a, r_b = dt(dt(sa) / dt(so)), dt(dt(dt(sb) / dt(so)) * dt(sign))
@@ -177,8 +185,9 @@ class MulParams:
 
 
 def _encodings3(b: Binding) -> tuple[float, int, float, int, float, int, Encoding]:
-    sa, za = scalar_encoding(b.input_encodings[0], "input A")
-    sb, zb = scalar_encoding(b.input_encodings[1], "input B")
+    ea, eb = encoding_of(b, 0), encoding_of(b, 1)
+    sa, za = scalar_encoding(ea, "input A")
+    sb, zb = scalar_encoding(eb, "input B")
     out = b.output_encodings[0]
     so, zo = scalar_encoding(out, "output")
     assert out is not None
@@ -193,9 +202,7 @@ class Mul:
     def prepare(b: Binding) -> MulParams:
         sa, za, sb, zb, so, zo, out = _encodings3(b)
         spec = b.profile.eltwise
-        ranges = [
-            max(z - e.qmin, e.qmax - z) for z, e in ((za, b.input_encodings[0]), (zb, b.input_encodings[1]))
-        ]
+        ranges = [max(z - e.qmin, e.qmax - z) for z, e in ((za, encoding_of(b, 0)), (zb, encoding_of(b, 1)))]
         if spec.multiplier not in ("float32", "float64") and ranges[0] * ranges[1] > INT32_MAX:
             raise Unsupported("Mul: the product of the inputs does not fit int32")  # asymmetric 16-bit inputs
         rq = prepare_requant(ratio(spec, sa, sb, so), spec, zo)
@@ -281,7 +288,7 @@ class Clip:
         return prepare_rescale(b.input_encodings[0], out, b.profile, lo=lo, hi=hi)
 
     @staticmethod
-    def run(p: RescaleParams | None, x: np.ndarray) -> np.ndarray:
+    def run(p: RescaleParams | None, x: np.ndarray, *bounds: np.ndarray | None) -> np.ndarray:
         return x if p is None else rescale(p, x)
 
 
@@ -365,5 +372,5 @@ class PRelu:
         return _prepare_slopes(b, values)
 
     @staticmethod
-    def run(p: SlopeParams, x: np.ndarray) -> np.ndarray:
+    def run(p: SlopeParams, x: np.ndarray, *slope_codes: np.ndarray) -> np.ndarray:
         return _run_slopes(p, x)

@@ -20,7 +20,7 @@ import numpy as np
 from qdiverge.encodings.schema import Encoding
 from qdiverge.engines.emulator.fixed_point import INT16_MAX, INT16_MIN
 from qdiverge.engines.emulator.kernels.activation import FUNCTIONS, Table, build_table, lookup
-from qdiverge.engines.emulator.registry import Unsupported
+from qdiverge.engines.emulator.registry import Binding, Unsupported
 from qdiverge.engines.emulator.requant import (
     RequantParams,
     apply_requant,
@@ -37,6 +37,13 @@ def scalar_encoding(enc: Encoding | None, what: str) -> tuple[float, int]:
     if enc.per_channel:
         raise Unsupported(f"{what} has a per-channel encoding")
     return float(enc.scale.reshape(-1)[0]), int(enc.zero_point.reshape(-1)[0])
+
+
+def encoding_of(b: Binding, i: int) -> Encoding | None:
+    """Encoding of input ``i``: the activation's, or the param encoding of a constant input (whose codes the
+    runner passes)."""
+    act = b.input_encodings[i] if i < len(b.input_encodings) else None
+    return act if act is not None else (b.param_encodings[i] if i < len(b.param_encodings) else None)
 
 
 def same_encoding(a: Encoding, b: Encoding) -> bool:

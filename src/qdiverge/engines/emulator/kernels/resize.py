@@ -164,7 +164,7 @@ class Resize:
                         ],
                         dtype=np.int64,
                     ),
-                )  # fmt: skip
+                )
                 for a in resized
             )
             return ResizeParams("nearest", gather, (), z_in, "", after)

@@ -1,9 +1,10 @@
 """Data-movement kernels: codes pass through unchanged and so do encodings.
 
-A target executes these ops on the stored integers without touching scale or zero point, so the
-output of each kernel is in the encoding of its (first) data input; the graph runner carries that
-encoding forward. The exceptions are ``Concat`` (inputs whose encoding differs from the output's are
-requantized, as a target must) and ``Pad`` (the constant pad value is quantized once, at prepare).
+A target executes these ops on the stored integers without touching scale or zero point; the graph
+runner gives their outputs the input's encoding. Only when the binding declares a *different* output
+encoding (the export quantized the output on its own) are the moved codes rescaled to it
+(``moves_codes``). ``Concat`` requantizes each input whose encoding differs from the output's, as a
+target must, and ``Pad`` quantizes its constant pad value once, at prepare.
 Index-like inputs (shapes, starts, indices, pads) are read from constants at prepare time when
 they are initializers, else taken from the int64 arrays the runner passes at run time.
 """
@@ -12,12 +13,44 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from qdiverge.engines.emulator.fixed_point import round_to_int
-from qdiverge.engines.emulator.kernels.elementwise import RescaleParams, prepare_rescale, rescale
+from qdiverge.engines.emulator.kernels.rescale import (
+    RescaleParams,
+    encoding_of,
+    prepare_rescale,
+    rescale,
+    same_encoding,
+)
 from qdiverge.engines.emulator.registry import Binding, Unsupported, kernel
+
+
+def moves_codes(cls: type) -> type:
+    """Wrap a data-movement kernel: rescale its output(s) when an output encoding differs from the input's."""
+    inner_prepare, inner_run = cls.prepare, cls.run
+
+    def prepare(b: Binding) -> tuple[Any, tuple[RescaleParams | None, ...]]:
+        enc_in = encoding_of(b, 0)
+        after = tuple(
+            None
+            if enc_in is None or out is None or same_encoding(enc_in, out)
+            else prepare_rescale(enc_in, out, b.profile)
+            for out in b.output_encodings
+        )
+        return inner_prepare(b), after
+
+    def run(params: tuple[Any, tuple[RescaleParams | None, ...]], *inputs: np.ndarray | None) -> Any:
+        inner, after = params
+        y = inner_run(inner, *inputs)
+        outs = y if isinstance(y, tuple) else (y,)
+        moved = tuple(o if a is None else rescale(a, o) for o, a in zip(outs, after, strict=True))
+        return moved if isinstance(y, tuple) else moved[0]
+
+    cls.prepare, cls.run = staticmethod(prepare), staticmethod(run)
+    return cls
 
 
 def _const_ints(b: Binding, i: int) -> list[int] | None:
@@ -40,6 +73,7 @@ def _axes_param(b: Binding, input_index: int) -> list[int] | None:
 
 
 @kernel("Identity")
+@moves_codes
 class Identity:
     @staticmethod
     def prepare(b: Binding) -> None:
@@ -51,6 +85,7 @@ class Identity:
 
 
 @kernel("Reshape")
+@moves_codes
 class Reshape:
     @staticmethod
     def prepare(b: Binding) -> tuple[list[int] | None, bool]:
@@ -69,6 +104,7 @@ class Reshape:
 
 
 @kernel("Flatten")
+@moves_codes
 class Flatten:
     @staticmethod
     def prepare(b: Binding) -> int:
@@ -81,6 +117,7 @@ class Flatten:
 
 
 @kernel("Transpose")
+@moves_codes
 class Transpose:
     @staticmethod
     def prepare(b: Binding) -> list[int] | None:
@@ -93,6 +130,7 @@ class Transpose:
 
 
 @kernel("Squeeze")
+@moves_codes
 class Squeeze:
     @staticmethod
     def prepare(b: Binding) -> list[int] | None:
@@ -107,6 +145,7 @@ class Squeeze:
 
 
 @kernel("Unsqueeze")
+@moves_codes
 class Unsqueeze:
     @staticmethod
     def prepare(b: Binding) -> list[int] | None:
@@ -129,6 +168,7 @@ class SliceParams:
 
 
 @kernel("Slice")
+@moves_codes
 class Slice:
     @staticmethod
     def prepare(b: Binding) -> SliceParams:
@@ -155,6 +195,7 @@ class Slice:
 
 
 @kernel("Split")
+@moves_codes
 class Split:
     @staticmethod
     def prepare(b: Binding) -> tuple[int, list[int] | None, int]:
@@ -176,6 +217,7 @@ class Split:
 
 
 @kernel("Gather")
+@moves_codes
 class Gather:
     @staticmethod
     def prepare(b: Binding) -> tuple[int, list[int] | None, tuple[int, ...]]:
@@ -221,6 +263,7 @@ def _pad_code(b: Binding, value: float) -> int:
 
 
 @kernel("Pad")
+@moves_codes
 class Pad:
     @staticmethod
     def prepare(b: Binding) -> PadParams:
@@ -267,7 +310,10 @@ class Concat:
         out = b.output_encodings[0]
         if out is None:
             raise Unsupported("Concat: output has no encoding")
-        steps = [prepare_rescale(enc, out, b.profile, b.profile.concat_method) for enc in b.input_encodings]
+        steps = [
+            prepare_rescale(encoding_of(b, i), out, b.profile, b.profile.concat_method)
+            for i in range(len(b.node.inputs))
+        ]
         return int(b.node.attr("axis")), steps
 
     @staticmethod
