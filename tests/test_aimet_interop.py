@@ -19,7 +19,7 @@ pytestmark = pytest.mark.aimet
 pytest.importorskip("torch")
 pytest.importorskip("aimet_onnx")
 
-from qdiverge.encodings import load_encodings  # noqa: E402
+from qdiverge.encodings.load import load_encodings  # noqa: E402
 from qdiverge.engines.sim import sim_engine  # noqa: E402
 from qdiverge.loading.model import load_model  # noqa: E402
 

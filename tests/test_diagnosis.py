@@ -13,7 +13,7 @@ from onnx_builders import GraphBuilder, save
 
 from qdiverge.diagnosis import CheckContext, attach, run_checks
 from qdiverge.diagnosis.whatif import bias_bits, override_encoding, parse_what_if, per_channel
-from qdiverge.encodings import load_encodings
+from qdiverge.encodings.load import load_encodings
 from qdiverge.encodings.schema import Encoding, EncodingSet, make_encoding
 from qdiverge.errors import InputError
 from qdiverge.loading.model import Model, load_model

@@ -30,6 +30,7 @@ GEOMETRIES = [
     dict(kernel_shape=[2, 3], pads=[0, 1, 1, 0], strides=[1, 2]),
     dict(kernel_shape=[3, 3], auto_pad="SAME_UPPER", strides=[2, 2]),
 ]
+CEIL = [dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)]
 
 
 def windows(x_shape, attrs):
@@ -75,7 +76,7 @@ def loop_average(x, e_in, e_out, attrs, include_pad, profile):
 
 
 @pytest.mark.parametrize("include_pad", [0, 1])
-@pytest.mark.parametrize("attrs", GEOMETRIES)
+@pytest.mark.parametrize("attrs", GEOMETRIES + CEIL)
 @pytest.mark.parametrize("signed", [False, True])
 def test_average_pool_float_method_equals_ort_qlinearaveragepool(attrs, include_pad, signed):
     e_in, e_out = enc(0.07, 17 - 128 * signed, signed=signed), enc(0.05, 40 - 128 * signed, signed=signed)
@@ -183,3 +184,14 @@ def test_reduce_mean_equals_exact_rescale_of_the_sum(axes, keepdims, form):
     qm, sh = (int(v[0]) for v in quantize_multiplier(np.array([m]), cap_shift=True))
     want = np.vectorize(lambda t: round_fraction(Fraction(int(t) * qm, 1 << (31 - sh)), "half_up") - 7)(total)
     assert np.array_equal(got, np.clip(want, -128, 127))
+
+
+@pytest.mark.parametrize(
+    "attrs", [*GEOMETRIES, *CEIL, dict(kernel_shape=[2, 3], dilations=[2, 1], strides=[1, 2], ceil_mode=1)]
+)
+def test_max_pool_equals_onnxruntime_maxpool_on_codes(attrs):
+    e = enc(0.1, 120)
+    x = RNG.integers(0, 256, (1, 3, 9, 8))
+    want = ort_run("MaxPool", [("X", x.astype(np.uint8))], attrs, domain="")[0]
+    got = run_kernel(bind("MaxPool", [e], [e], SINGLE_PROFILE, attrs, shapes=[x.shape]), x)
+    assert np.array_equal(got, want.astype(np.int64))

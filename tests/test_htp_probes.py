@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime_qnn")
 
 from qdiverge.engines.qnn_htp import QnnHtpEngine, check_capture_neutral, make_htp_session
 from qdiverge.errors import InputError
-from qdiverge.probes import conv
+from qdiverge.probes import arith, conv, eltwise, fusion, inputs, lut, rescale
 from qdiverge.probes.graph import QdqGraph, QParams
 
 pytestmark = pytest.mark.htp
@@ -85,3 +85,106 @@ def test_cpu_fallback_is_disabled():
     g.outputs.append(onnx.helper.make_tensor_value_info(g.op("Det", [x], "d"), onnx.TensorProto.FLOAT, None))
     with pytest.raises(InputError, match="assigned to the default CPU EP"):
         make_htp_session(g.model())
+
+
+def _by_name(results):
+    return {r.name: r for r in results}
+
+
+@pytest.fixture(scope="module")
+def luts():
+    return _by_name(lut.probe_luts(73))
+
+
+def test_8bit_activations_are_tables_of_f_rounded_half_even(luts):
+    for name, result in luts.items():
+        if result.question == "rejected":
+            assert name.startswith("Erf"), name  # standalone Erf is not taken by HTP
+            continue
+        best = "exact/RNE" if "exact/RNE" in result.candidates else "f64 y/s/RNE"
+        if name.startswith("HardSigmoid"):
+            best = "f32 y/s/RNE"  # alpha*x + beta evaluated in float32
+        assert result.compare(best).match == 1.0, name
+    dyadic = luts["HardSwish u8 dyadic 2^-5 -> 2^-4 zp 8"]
+    assert dyadic.compare("exact/RHU").match < 1.0  # ties with an even floor are hit: not half up
+    assert dyadic.compare("exact/RHAZ").match < 1.0
+
+
+def test_a16_hardsigmoid_ignores_its_output_encoding():
+    gate = lut.probe_act(
+        lut.ACTS["HardSigmoid"],
+        lut.range_qparams(-6.4, 6.35, "uint16"),
+        QParams(float(np.float32(0.588 / 65535)), 0, "uint16"),
+        73,
+        "gate",
+    )
+    assert gate.compare("fixed scale 1/65536/RNE").match > 0.999
+    assert gate.compare("exact/RNE").match < 0.6
+
+
+@pytest.fixture(scope="module")
+def elt():
+    return _by_name(eltwise.probe_eltwise(73))
+
+
+def test_eltwise_ties_round_half_up_and_errors_stay_near_ties(elt):
+    for op in ("Add", "Sub", "Mul"):
+        dyadic = elt[f"{op} dyadic"]
+        assert dyadic.compare("exact/RHU").match == 1.0, op
+        assert dyadic.compare("exact/RNE").match < 1.0, op
+        mixed = elt[f"{op} mixed"].compare("exact/RHU")
+        assert mixed.max_diff == 1 and mixed.widest < 0.02, op
+    mul = elt["Mul mixed"]
+    lo, hi = arith.offset_bounds(mul.got, mul.exact_lsb, eltwise.ENCODINGS["mixed"][2]["Mul"])
+    assert 0 < lo < hi < 0.01  # Mul: one small constant offset explains every code
+
+
+@pytest.fixture(scope="module")
+def resc():
+    return _by_name(rescale.probe_rescale(73))
+
+
+def test_rescale_ops(resc):
+    expect = {
+        "Concat dyadic": "exact/RHU",
+        "AveragePool 2x2 s_in 0.0625 -> s_out 0.0625": "exact/RHU",
+        "GlobalAveragePool 7x7 mixed": "exact/RHU",
+        "ReduceMean 7x7 mixed": "exact/RHU",
+        "MaxPool 1x2 dyadic": "exact/RHAZ",
+        "Clip [0, 2.5] s_in 0.0625": "exact/RNE",
+        "Resize nearest same enc": "exact/RNE",
+        "Resize linear same enc": "exact/RNE",
+    }
+    for name, cand in expect.items():
+        assert resc[name].compare(cand).match == 1.0, name
+    assert resc["MaxPool 1x2 dyadic"].compare("exact/RHU").match < 1.0
+    assert resc["Clip [0, 2.5] s_in 0.0625"].compare("exact/RHU").match < 1.0
+
+
+def test_conv_activation_fusion():
+    res = _by_name(fusion.probe_fusion(73))
+    for name in ("1x1 conv -> HardSwish", "dw 3x3 stride 1 -> HardSwish", "1x1 conv -> Relu"):
+        assert res[name].compare("fused/RNE").match > 0.98, name
+        assert res[name].compare("unfused (conv RHU, then table RNE)").match < 0.9, name
+    assert res["dw 3x3 stride 2 -> HardSwish"].compare("unfused (conv RHU, then table RNE)").match == 1.0
+    assert res["dw 3x3 stride 2 -> Relu"].compare("fused/RNE").match == 1.0
+
+
+def test_graph_input_quantization():
+    res = _by_name(inputs.probe_input_quant(73))
+    for label in ("uint8 s=0.0213 zp 100", "uint8 s=2^-4 zp 128", "int8 s=0.0173 zp 0"):
+        result = res[f"input quantize {label}"]
+        assert result.compare("fp16(x*f32(1/s))/RHAZ").match == 1.0, label
+        assert result.compare("f32 y/s/RNE").match < 0.97, label  # ONNX QuantizeLinear differs
+    wide = res["input quantize uint16 s=3.1e-4 zp 30000"]
+    assert wide.compare("x*f32(1/s) unrounded/RNE").match == 1.0
+
+
+def test_depthwise_per_channel_has_no_scale_clamp():
+    (result,) = conv.probe_depthwise(73)
+    exact = result.compare("exact per-channel/RHU")
+    assert exact.match > 0.97 and exact.max_diff == 1
+    assert result.compare("scales clamped to s_max/1024/RHU").match < 0.8
+    want = result.candidates["exact per-channel/RHU"].reshape(10, -1)
+    got = result.got.reshape(10, -1)
+    np.testing.assert_array_equal(got[[0, 1, 6]], want[[0, 1, 6]])  # tiny and dead channels: bias exact

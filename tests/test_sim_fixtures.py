@@ -17,8 +17,10 @@ import numpy as np
 import onnxruntime
 import pytest
 from onnx import numpy_helper
+from onnx_builders import GraphBuilder, save
 
-from qdiverge.encodings import load_encodings
+from qdiverge.encodings.load import load_encodings
+from qdiverge.encodings.schema import EncodingSet, make_encoding
 from qdiverge.engines.sim import build_sim_graph, sim_engine
 from qdiverge.loading.model import load_model
 
@@ -90,3 +92,40 @@ def test_sim_weights_match_aimet_bit_for_bit(case, filename):
     assert params
     for name in params:
         assert np.array_equal(weights[name], expected[name]), name
+
+
+def _frontiers(model):
+    """For each node, the tensors computed up to it that later nodes still read (a complete graph cut)."""
+    available = set(model.inputs)
+    for k, node in enumerate(model.nodes[:-1]):
+        available.update(o for o in node.outputs if o)
+        later = {i for n in model.nodes[k + 1 :] for i in n.inputs}
+        yield sorted(available & later)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_suffix_runs_reproduce_the_full_run(case):
+    """What bisect relies on: resuming the sim from any complete cut gives the full run's bits."""
+    model, encodings = _load(case, "model.encodings")
+    engine = sim_engine(model, encodings)
+    feeds = {"input": np.load(case / "inputs.npy")[:1]}
+    for cut in _frontiers(model):
+        full = engine.run(feeds, capture=cut)
+        resumed = engine.run_suffix({n: full[n] for n in cut})
+        for name in model.outputs:
+            assert np.array_equal(resumed[name], full[name]), f"cut {cut}"
+
+
+def test_suffix_cut_through_an_int64_shape_tensor(tmp_path):
+    g = GraphBuilder()
+    x = g.act("Relu", g.input("input", (1, 4, 2, 2)), "relu")
+    shape = g.op("Shape", [x], "shape_out")
+    g.output(g.op("Reshape", [g.act("Tanh", x, "tanh"), shape], "reshape_out"))
+    model = load_model(save(g.build(), tmp_path))
+    relu = make_encoding("relu_out", 8, 4.0 / 255, 0.0)
+    engine = sim_engine(model, EncodingSet("test", "1.0.0", activations={"relu_out": relu}))
+    feeds = {"input": np.random.default_rng(0).standard_normal((1, 4, 2, 2)).astype(np.float32)}
+    full = engine.run(feeds, capture=["relu_out", "shape_out"])
+    assert full["shape_out"].dtype == np.int64
+    resumed = engine.run_suffix({"relu_out": full["relu_out"], "shape_out": full["shape_out"]})
+    assert np.array_equal(resumed["reshape_out"], full["reshape_out"])

@@ -6,6 +6,7 @@ error (traceback only with ``--debug``), 130 interrupted.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import time
@@ -186,10 +187,13 @@ def _progress(enabled: bool):
               help="Apply the gate to the final outputs, to every layer, or both.")
 @click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
               help="An earlier --format json report; fail on regressions against it.")
+@click.option("--what-if", "what_if", multiple=True, metavar="CHANGE",
+              help="Re-run with a change and show how much divergence it removes: per-channel[=NODE,...],"
+                   " bias-bits=8|32, encoding=TENSOR:MIN,MAX (repeatable).")
 @click.pass_context
 def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples, seed, modes, metric,
            search_threshold, top, fmt, output, fail_under_sqnr, fail_over_lsb, fail_under_top1, gate_scope,
-           baseline):
+           baseline, what_if):
     """Split the graph at every layer (DSP prefix, sim suffix) and rank layers by divergence.
 
     \b
@@ -200,7 +204,9 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
       search      binary search for the first cut below --search-threshold dB (fast CI gate)
     Exit codes: 0 gate passed, 1 gate failed, 2 bad input or usage.
     """
+    from qdiverge.diagnosis.whatif import parse_what_if
     from qdiverge.driver.bisect import MODES, Bisector
+    from qdiverge.driver.whatif import run_what_if
     from qdiverge.driver.report import build_report, run_info
     from qdiverge.reports import write_report
     from qdiverge.reports.model import Report, Thresholds, parse_limits
@@ -217,6 +223,7 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
         scope=gate_scope,
     )
     base = Report.from_json(baseline) if baseline else None
+    changes = [parse_what_if(spec) for spec in what_if]
     ws = _workspace(model, encodings, config, target, input_shapes)
     source = _source(ws, inputs, samples, seed)
     emu = ws.emulator(source)
@@ -228,6 +235,12 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
     info = run_info(ws, source, wanted, metric, ["qdiverge", *sys.argv[1:]], ["sim", f"emulate:{ws.profile.name}"])
     findings = _findings(ws)
     report = build_report(result, info, outputs, metric, why=lambda o: _why(findings, o))
+    if changes:
+        if "split" not in wanted:
+            raise InputError("--what-if needs split mode (it compares per-layer contributions)")
+        report = dataclasses.replace(
+            report, what_if=tuple(run_what_if(ws, source, c, result, metric) for c in changes)
+        )
     if thresholds.any or base is not None:
         report = report.with_gate(thresholds, base)
     write_report(report, fmt, output, top=top)

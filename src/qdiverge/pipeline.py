@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qdiverge.encodings import load_encodings
+from qdiverge.encodings.load import load_encodings
 from qdiverge.encodings.config import QuantsimConfig, read_quantsim_config, supergroup_internal_tensors
 from qdiverge.encodings.schema import EncodingSet
 from qdiverge.engines.sim import OrtGraphEngine, float_engine, sim_engine

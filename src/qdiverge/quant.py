@@ -34,7 +34,7 @@ def round_half_away(v: np.ndarray) -> np.ndarray:
     Written with ``rint`` plus a tie fix-up because ``floor(v + 0.5)`` rounds twice in float32.
     """
     floor = np.floor(v)
-    tie = v - floor == v.dtype.type(0.5)
+    tie = v == floor + v.dtype.type(0.5)  # exact test; ``v - floor`` can round to 0.5 for v near -0.5
     return np.where(tie, np.where(v >= 0, floor + 1, floor), np.rint(v)).astype(v.dtype)
 
 

@@ -252,15 +252,29 @@ def _combine(accs: dict[str, MetricsAccumulator]) -> TensorMetrics:
     return merged.result()
 
 
-def rank(result: BisectResult, metric: str) -> list[StepOutcome]:
-    """Set each step's contribution (increase in final-output divergence it causes) and sort."""
+def final_divergence(result: BisectResult, metric: str) -> float:
+    """The ranking metric's value with the whole graph on the DSP side (the last cut)."""
+    last = [o.split_final for o in result.steps if o.split_final is not None]
+    return _final_metric_value(last[-1], metric) if last else 0.0
+
+
+def rank(result: BisectResult, metric: str, total: float | None = None) -> list[StepOutcome]:
+    """Set each step's contribution and sort, largest first.
+
+    A contribution is the increase in final-output divergence (``metric``) from the previous cut to this
+    one, as a fraction of ``total`` (default: this run's divergence with every layer on the DSP side), so
+    contributions sum to about 1 and a what-if run can be put on the same scale as the original.
+    Without split mode the isolated max LSB error ranks the layers instead.
+    """
+    total = final_divergence(result, metric) if total is None else total
+    scale = 1.0 / total if total and math.isfinite(total) and total > 0 else 1.0
     previous = 0.0  # cut "nothing on the DSP side" is the sim itself
     for outcome in result.steps:
         if outcome.split_final is None:
-            outcome.contribution = _isolated_score(outcome)
+            outcome.contribution = _isolated_score(outcome) if "split" not in result.modes else 0.0
             continue
         current = _final_metric_value(outcome.split_final, metric)
-        outcome.contribution = current - previous
+        outcome.contribution = (current - previous) * scale
         previous = current
     return sorted(result.steps, key=lambda o: (-_finite(o.contribution), -_isolated_score(o), o.index))
 

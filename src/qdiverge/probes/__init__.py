@@ -1,5 +1,6 @@
 """Single-op probes that measure what an integer backend computes, code by code.
 
 ``graph`` builds tiny QDQ models with exact integer inputs, ``arith`` holds the exact rational
-candidate models and the comparison, and ``htp`` defines the probes run on Qualcomm's HTP backend.
+candidate models and the comparison, ``runner`` runs a graph on HTP; ``conv``, ``lut``, ``eltwise``,
+``rescale``, ``fusion`` and ``inputs`` define the probes per op family.
 """

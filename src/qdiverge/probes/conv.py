@@ -24,6 +24,7 @@ from qdiverge.probes.arith import (
 from qdiverge.probes.graph import QdqGraph, QParams
 from qdiverge.probes.runner import run_codes
 
+
 def acc_codes(targets: np.ndarray, k: int, big: int) -> np.ndarray:
     """int8 input codes ``(k+1, n)`` with ``big*sum(x[:k]) + x[k] == targets`` (weights ``[big]*k + [1]``)."""
     targets = np.asarray(targets, dtype=np.int64)
@@ -222,14 +223,25 @@ def probe_bias(arch: int) -> list[ProbeResult]:
     return results
 
 
+def dw_acc(x: np.ndarray, w: np.ndarray, stride: int) -> np.ndarray:
+    """Depthwise 3x3 accumulators (pad 1) of ``x - zp`` codes ``[C, H, W]`` with weights ``[C, 3, 3]``."""
+    c, h, wd = x.shape
+    pad = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    oh, ow = (h - 1) // stride + 1, (wd - 1) // stride + 1
+    acc = np.zeros((c, oh, ow), np.int64)
+    for kh in range(3):
+        for kw in range(3):
+            patch = pad[:, kh : kh + stride * oh : stride, kw : kw + stride * ow : stride]
+            acc += w[:, kh, kw][:, None, None] * patch
+    return acc
+
+
 def probe_depthwise(arch: int) -> list[ProbeResult]:
     """(e) per-channel 3x3 depthwise, weight scales 1e-5..1e-1, two dead (all-zero) channels with a bias.
 
     The output scale (2^-8) is fine enough that a 10x rescaled tiny channel (Hexagon NN clamps scales below
     s_max/1024) would move codes.
     """
-    from qdiverge.probes.fusion import dw_acc  # fusion builds on conv; import here to keep one direction
-
     rng = np.random.default_rng(13)
     scales = np.geomspace(1e-5, 1e-1, 10).astype(np.float32)
     chans = scales.size
@@ -250,7 +262,7 @@ def probe_depthwise(arch: int) -> list[ProbeResult]:
     got = run_codes(g, {"x": x.astype(np.uint8)}, arch)
     acc = dw_acc(x[0] - 128, w.astype(np.int64), 1)
     (s_out,) = out.fractions()
-    cands, exact = {}, None
+    cands, lsb = {}, []
     for label, eff in (
         ("exact per-channel", unit),
         ("scales clamped to s_max/1024", [max(u, unit[-1] / 1024) for u in unit]),
@@ -258,12 +270,13 @@ def probe_depthwise(arch: int) -> list[ProbeResult]:
         for rule in ("RHU", "RNE"):
             codes = []
             for c in range(chans):
-                # bias re-quantized by the EP at s_in*s_w[c] (RNE, measured); here declared at exactly that scale
-                b_i = round_ratio(*scaled(np.array([b_codes[c]]), Fraction(float(b_qp.scales[c])) / unit[c]), "RNE")
+                # the EP re-quantizes the bias at s_in*s_w[c] with RNE (probe bias)
+                per_code = Fraction(float(b_qp.scales[c])) / unit[c]
+                b_i = round_ratio(*scaled(np.array([b_codes[c]]), per_code), "RNE")
                 num, den = scaled(acc[c].ravel() + int(b_i[0]), eff[c] / s_out)
                 codes.append(clamp(round_ratio(num, den, rule) + 128, 0, 255))
                 if label.startswith("exact") and rule == "RHU":
-                    exact = np.concatenate([exact, ratio_lsb(num, den)]) if exact is not None else ratio_lsb(num, den)
+                    lsb.append(ratio_lsb(num, den))
             cands[f"{label}/{rule}"] = np.concatenate(codes)
     return [
         ProbeResult(
@@ -271,7 +284,7 @@ def probe_depthwise(arch: int) -> list[ProbeResult]:
             "tiny scales, dead channels",
             got[0].reshape(chans, -1).ravel(),
             cands,
-            exact,
+            np.concatenate(lsb),
             lambda i, s=scales: f"channel {i // 64} (s_w {s[i // 64]:.1e})",
         )
     ]

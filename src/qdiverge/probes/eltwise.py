@@ -74,11 +74,11 @@ def probe_binary(op: str, label: str, arch: int) -> ProbeResult:
     exact = exact_binary(op, a, b, qa, qb)
     cands = code_candidates(out, exact)
     lsb = ratio_lsb(*requant_ratio(*exact, float(out.scales[0])))
-    m = (Fraction(float(qa.scales[0])) / Fraction(float(out.scales[0])), float(qb.scales[0]) / float(out.scales[0]))
+    m = [float(Fraction(float(q.scales[0])) / Fraction(float(out.scales[0]))) for q in (qa, qb)]
     got = got.ravel()
     lo, hi = offset_bounds(got, lsb, out)
     notes = [
-        f"s_a/s_out = {float(m[0]):.6g}, s_b/s_out = {m[1]:.6g}",
+        f"s_a/s_out = {m[0]:.6g}, s_b/s_out = {m[1]:.6g}",
         f"RHU(exact + d) fits all codes for d in [{lo:.4g}, {hi:.4g})" + (" (empty)" if lo >= hi else ""),
         f"one d per a code fits {offset_bounds(got, lsb, out, a):.2%} of a codes, "
         f"one d per b code fits {offset_bounds(got, lsb, out, b):.2%} of b codes",

@@ -13,6 +13,7 @@ from fractions import Fraction
 import numpy as np
 
 from qdiverge.probes.arith import ProbeResult, as_objects, clamp, round_ratio
+from qdiverge.probes.conv import dw_acc
 from qdiverge.probes.graph import QdqGraph, QParams
 from qdiverge.probes.lut import ACTS
 from qdiverge.probes.runner import try_run_codes
@@ -20,19 +21,6 @@ from qdiverge.probes.runner import try_run_codes
 X_QP = QParams(0.05, 128, "uint8")
 W_QP = QParams(0.02, 0, "int8")
 CONV_QP = QParams(float(np.float32(20 / 255)), 102, "uint8")  # conv output range [-8, 12]
-
-
-def dw_acc(x: np.ndarray, w: np.ndarray, stride: int) -> np.ndarray:
-    """Depthwise 3x3 accumulators (pad 1) of ``x - zp`` codes ``[C, H, W]`` with weights ``[C, 3, 3]``."""
-    c, h, wd = x.shape
-    pad = np.pad(x, ((0, 0), (1, 1), (1, 1)))
-    oh, ow = (h - 1) // stride + 1, (wd - 1) // stride + 1
-    acc = np.zeros((c, oh, ow), np.int64)
-    for kh in range(3):
-        for kw in range(3):
-            patch = pad[:, kh : kh + stride * oh : stride, kw : kw + stride * ow : stride]
-            acc += w[:, kh, kw][:, None, None] * patch
-    return acc
 
 
 def _quantize(values: list[Fraction], out: QParams, rule: str) -> np.ndarray:
@@ -68,7 +56,10 @@ def probe_fusion(arch: int) -> list[ProbeResult]:
     """(i) 1x1 Conv and stride-1/2 3x3 depthwise, each followed by HardSwish or Relu."""
     rng = np.random.default_rng(3)
     results = []
-    outs = {"HardSwish": QParams(float(np.float32(12.375 / 255)), 8), "Relu": QParams(float(np.float32(12 / 255)), 0)}
+    outs = {
+        "HardSwish": QParams(float(np.float32(12.375 / 255)), 8),
+        "Relu": QParams(float(np.float32(12 / 255)), 0),
+    }
     x = rng.integers(0, 256, (1, 8, 16, 16))
     d = x[0] - 128
     w1 = rng.integers(-60, 61, (8, 8, 1, 1))

@@ -45,7 +45,9 @@ class Act:
 
 
 ACTS = {
-    "HardSwish": Act("HardSwish", lambda x: x * hard(x, 1 / 6, 0.5), lambda x: x * hard(x, Fraction(1, 6), Fraction(1, 2))),
+    "HardSwish": Act(
+        "HardSwish", lambda x: x * hard(x, 1 / 6, 0.5), lambda x: x * hard(x, Fraction(1, 6), Fraction(1, 2))
+    ),
     "HardSigmoid": Act(
         "HardSigmoid",
         lambda x: hard(x, float(F32_SIXTH), 0.5),
@@ -80,7 +82,7 @@ def range_qparams(lo: float, hi: float, dtype: str) -> QParams:
 def probe_act(
     act: Act, x_qp: QParams, out_qp: QParams | None, arch: int, label: str, codes: np.ndarray | None = None
 ) -> ProbeResult:
-    """All (or the given) input codes through ``act``; candidates from float64 and, if rational, exact math."""
+    """Input codes (default: all) through ``act``; float64 candidates, and exact ones if rational."""
     if codes is None:
         codes = np.arange(x_qp.qmin, x_qp.qmax + 1)
     x_s = Fraction(float(x_qp.scales[0]))
@@ -94,7 +96,8 @@ def probe_act(
     g.output(g.op(act.op, [xin], "y", **act.attrs), out_qp)
     got = try_run_codes(g, {"x": codes.astype(np.dtype(x_qp.dtype)).reshape(1, -1)}, arch)
     name = f"{act.op} {label}"
-    note = f"in scale {float(x_s):.6g} zp {zp}; out scale {float(out_qp.scales[0]):.6g} zp {out_qp.zero_point}"
+    out_s = float(out_qp.scales[0])
+    note = f"in scale {float(x_s):.6g} zp {zp}; out scale {out_s:.6g} zp {out_qp.zero_point}"
     if isinstance(got, str):
         return ProbeResult(name, "rejected", np.zeros(0, np.int64), {}, notes=[got])
     exact = None
@@ -105,8 +108,9 @@ def probe_act(
     levels = 2 ** (8 * np.dtype(out_qp.dtype).itemsize)
     for r in ("RNE", "RHAZ"):  # htp_observations: a16 HardSigmoid writes f(x) at a fixed scale 1/65536
         cands[f"fixed scale 1/{levels}/{r}"] = clamp(round_float(y * levels, r), out_qp.qmin, out_qp.qmax)
-    lsb = y / float(np.float32(out_qp.scales[0]))
-    return ProbeResult(name, "activation table", got.ravel(), cands, lsb, lambda i: f"code {codes[i]}", [note])
+    return ProbeResult(
+        name, "activation table", got.ravel(), cands, y / out_s, lambda i: f"code {codes[i]}", [note]
+    )
 
 
 DYADIC_IN = QParams(2.0**-5, 128, "uint8")

@@ -46,7 +46,8 @@ def _result(name, g, feeds, arch, exact, out, value=None, key=None) -> ProbeResu
     notes = []
     if exact is not None:
         lo, hi = offset_bounds(got, lsb, out)
-        notes.append(f"RHU(exact + d) fits all codes for d in [{lo:.3g}, {hi:.3g})" + (" (empty)" * (lo >= hi)))
+        empty = " (empty)" if lo >= hi else ""
+        notes.append(f"RHU(exact + d) fits all codes for d in [{lo:.3g}, {hi:.3g}){empty}")
     return ProbeResult(name, "rescale", got, cands, lsb, notes=notes)
 
 
@@ -86,7 +87,8 @@ def probe_pools(arch: int) -> list[ProbeResult]:
         x = np.stack([np.arange(256), np.roll(np.arange(256), 77)], axis=-1).reshape(1, 1, 256, 2)
         g = _unary("MaxPool", x, qin, out, kernel_shape=[1, 2])
         d = x.max(axis=-1) - qin.zero_point
-        results.append(_result(f"MaxPool 1x2 {label}", g, {"x": x.astype(np.uint8)}, arch, _exact(d, 1, qin), out))
+        feeds = {"x": x.astype(np.uint8)}
+        results.append(_result(f"MaxPool 1x2 {label}", g, feeds, arch, _exact(d, 1, qin), out))
     same = DYADIC_IN
     for k, qin, out in ((2, same, same), (3, MIXED_IN, MIXED_OUT), (2, MIXED_IN, MIXED_OUT)):
         x = rng.integers(0, 256, (1, 16, 8 * k, 8 * k))
@@ -145,9 +147,8 @@ def probe_softmax_clip(arch: int) -> list[ProbeResult]:
     g = _unary("Softmax", x, MIXED_IN, out, axis=-1)
     v = (x - MIXED_IN.zero_point) * float(Fraction(float(MIXED_IN.scales[0])))
     e = np.exp(v - v.max(axis=-1, keepdims=True))
-    results = [
-        _result("Softmax len 8 -> 1/255", g, {"x": x.astype(np.uint8)}, arch, None, out, e / e.sum(-1, keepdims=True))
-    ]
+    probs = e / e.sum(-1, keepdims=True)
+    results = [_result("Softmax len 8 -> 1/255", g, {"x": x.astype(np.uint8)}, arch, None, out, probs)]
     codes = np.arange(256).reshape(1, 256)
     for qin, out in ((MIXED_IN, MIXED_OUT), (DYADIC_IN, DYADIC_OUT)):
         bounds = (np.array(0, np.float32), np.array(2.5, np.float32))

@@ -26,6 +26,8 @@ from qdiverge.reports.model import (
     Report,
     RunInfo,
     Thresholds,
+    WhatIfLayer,
+    WhatIfResult,
 )
 
 _OPTIONAL_METRICS = ("max_lsb", "mean_lsb", "top1", "topk")
@@ -212,28 +214,51 @@ def _gate(v: Any, where: str) -> GateResult | None:
     )
 
 
-def report_from_dict(data: Any) -> Report:
-    """Rebuild a ``Report``; raises ``_Bad`` naming the JSON path of the first problem."""
-    version = _get(data, "schema_version", "report")
-    if version != SCHEMA_VERSION:
-        raise _Bad("schema_version", f"is {version!r}; this qdiverge reads version {SCHEMA_VERSION}")
-    summary = []
-    for i, o in enumerate(_typed(_get(data, "summary", "report"), list, "summary")):
-        w = f"summary[{i}]"
-        summary.append(
+def _summary(items: list, prefix: str) -> list[OutputSummary]:
+    out = []
+    for i, o in enumerate(items):
+        w = f"{prefix}{'.' if prefix else ''}summary[{i}]"
+        out.append(
             OutputSummary(
                 name=_typed(_get(o, "name", w), str, f"{w}.name"),
                 emu_vs_sim=_metrics(_get(o, "emu_vs_sim", w), f"{w}.emu_vs_sim"),
                 sim_vs_float=_metrics(_get(o, "sim_vs_float", w), f"{w}.sim_vs_float"),
             )
         )
+    return out
+
+
+def report_from_dict(data: Any) -> Report:
+    """Rebuild a ``Report``; raises ``_Bad`` naming the JSON path of the first problem."""
+    version = _get(data, "schema_version", "report")
+    if version != SCHEMA_VERSION:
+        raise _Bad("schema_version", f"is {version!r}; this qdiverge reads version {SCHEMA_VERSION}")
+    summary = _summary(_typed(_get(data, "summary", "report"), list, "summary"), "")
     layers = _typed(_get(data, "layers", "report"), list, "layers")
+    what_if = []
+    for i, w in enumerate(_typed(data.get("what_if", []), list, "what_if")):
+        where = f"what_if[{i}]"
+        what_if.append(
+            WhatIfResult(
+                spec=_typed(_get(w, "spec", where), str, f"{where}.spec"),
+                summary=tuple(_summary(_typed(_get(w, "summary", where), list, f"{where}.summary"), where)),
+                layers=tuple(
+                    WhatIfLayer(
+                        node=_typed(_get(x, "node", f"{where}.layers[{j}]"), str, f"{where}.layers[{j}].node"),
+                        before=_float(_get(x, "before", f"{where}.layers[{j}]"), f"{where}.layers[{j}].before"),
+                        after=_float(_get(x, "after", f"{where}.layers[{j}]"), f"{where}.layers[{j}].after"),
+                    )
+                    for j, x in enumerate(_typed(_get(w, "layers", where), list, f"{where}.layers"))
+                ),
+            )
+        )
     return Report(
         schema_version=version,
         run=_run(_get(data, "run", "report"), "run"),
         summary=tuple(summary),
         layers=tuple(_layer(x, f"layers[{i}]") for i, x in enumerate(layers)),
         gate=_gate(_get(data, "gate", "report"), "gate"),
+        what_if=tuple(what_if),
     )
 
 

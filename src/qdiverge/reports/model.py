@@ -175,12 +175,32 @@ class GateResult:
 
 
 @dataclass(frozen=True)
+class WhatIfLayer:
+    """A ranked layer's contribution before and after a what-if change (both as fractions of the
+    original run's final divergence, so they compare directly)."""
+
+    node: str
+    before: float
+    after: float
+
+
+@dataclass(frozen=True)
+class WhatIfResult:
+    """One ``--what-if``: the final outputs with the change applied, and the top layers before/after."""
+
+    spec: str
+    summary: tuple[OutputSummary, ...]
+    layers: tuple[WhatIfLayer, ...]
+
+
+@dataclass(frozen=True)
 class Report:
     schema_version: int
     run: RunInfo
     summary: tuple[OutputSummary, ...]  # one entry per final model output
     layers: tuple[LayerResult, ...]
     gate: GateResult | None = None
+    what_if: tuple[WhatIfResult, ...] = ()
 
     @classmethod
     def from_json(cls, path: str | Path) -> Report:

@@ -6,7 +6,8 @@ Add/Sub schemes (``Profile.eltwise_method``, §2.5 / §4.5 / §3.2):
   multipliers, summed, then requantized to the output: three roundings of ``profile.eltwise``.
   ``L = min(profile.eltwise_left_shift, 30 - bitwidth)`` so the shifted value fits int32 at 16 bit.
 * ``hexagon_nn``: ``a_scale = RHAZ(a_f 2^rsh 256)`` (about 14 bits, float32 prepare), floor ``>> 8``,
-  int16-saturated offset, then ``(p + 2^(rsh-1)) >> rsh`` (8-bit only).
+  int16-saturated offset, then ``(p + 2^(rsh-1)) >> rsh`` (8-bit only). Sub negates ``b_scale``
+  [inferred: §4.5 quotes only the add].
 * ``float``: ONNX Runtime's QLinearAdd (AVX2 kernel, ``qladd_avx2.cpp``): ``r_i = f(s_i) / f(s_out)``,
   ``fixed = z_out - (r_a z_a + r_b z_b)``, ``y = R(fma(q_a, r_a, fma(q_b, r_b, fixed)))`` in the float
   precision of ``profile.eltwise.multiplier``, rounded with ``profile.eltwise.rounding``. (ORT's SSE2 and
@@ -138,8 +139,8 @@ def _run_add(p: AddParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         p1 = ((a - p.ua) * p.a_scale + (b - p.ub) * p.b_scale) >> 8
         p2 = np.clip(p1 + p.offset, INT16_MIN, INT16_MAX)
         return np.clip((p2 + ((1 << p.rsh) >> 1)) >> p.rsh, 0, 255) + p.qmin
-    # two fused multiply-adds, one rounding each; a float32 fma is exact in float64 and then rounded once
-    # (the product has at most 24 + 17 significant bits and the addend is float32)
+    # two fused multiply-adds, one rounding each: q * r (<= 24 + 17 bits) plus a float32 addend is exact in
+    # float64 whenever their exponents span < 53 bits (any practical scale ratio), then rounded once
     dt, r_a, r_b, fixed = p.dtype, *p.ratios
     t = (b.astype(np.float64) * r_b + fixed).astype(dt)
     v = (a.astype(np.float64) * r_a + t.astype(np.float64)).astype(dt)

@@ -12,7 +12,8 @@ the declared pads), then ``Profile.pool_method`` decides (dsp_arithmetic.md §2.
   (``2^14 <= r < 2^15``, e.g. 29127 for 3x3), then a rescale. The exact Hexagon NN sequence has more
   intermediate shifts; this keeps only its 15-bit ``1/N`` [inferred from §4.7];
 * ``float``: ONNX Runtime's QLinearAveragePool: float32 dequantized taps summed in window order,
-  ``/ N``, then ``R(v / s_out + z_out)``. ORT's QLinearGlobalAveragePool instead sums integers and
+  ``/ N`` (the full kernel size whenever ``count_include_pad``, even for ``ceil_mode`` windows that
+  overhang the pads), then ``R(v / s_out + z_out)``. ORT's QLinearGlobalAveragePool instead sums integers and
   requantizes with ``M = s_in / (s_out N)`` in float32, so GlobalAveragePool and ReduceMean use the
   ``requant`` path under ``float``.
 """
@@ -227,7 +228,10 @@ class AveragePool:
         w = _window(b)
         shape = b.input_shapes[0]
         assert shape is not None
-        counts = _counts(w, tuple(shape[-len(w.kernel) :]), bool(b.node.attr("count_include_pad", 0)))
+        include_pad = bool(b.node.attr("count_include_pad", 0))
+        counts = _counts(w, tuple(shape[-len(w.kernel) :]), include_pad)
+        if include_pad and b.profile.pool_method == "float":  # ORT divides by the whole kernel, ceil_mode too
+            counts = np.full_like(counts, math.prod(w.kernel))
         return w, counts, _prepare_mean(b, {int(n) for n in np.unique(counts)}, float_ok=True)
 
     @staticmethod
