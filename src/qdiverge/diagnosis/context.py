@@ -18,6 +18,7 @@ import numpy as np
 from qdiverge.encodings.bind import DATA_MOVEMENT_OPS, upstream_encoding, weight_axes
 from qdiverge.encodings.schema import Encoding, EncodingSet
 from qdiverge.loading.model import Model, Node
+from qdiverge.profiles.fusion import fuses
 from qdiverge.profiles.schema import Profile
 from qdiverge.reports.model import Finding
 
@@ -83,13 +84,9 @@ class CheckContext:
             return None
         return consumers[0]
 
-    def fuses(self, first: str, second: str) -> bool:
-        """Whether the target fuses op type ``second`` into a preceding ``first`` (adjacent in a fusion)."""
-        return any(
-            chain[i] == first and chain[i + 1] == second
-            for chain in self.profile.fusions
-            for i in range(len(chain) - 1)
-        )
+    def fuses(self, first: Node, second: str) -> bool:
+        """Whether the target fuses op type ``second`` into the preceding node ``first``."""
+        return fuses(self.profile, first, second, self.model)
 
     def output_encoding(self, node: Node) -> tuple[Encoding | None, str]:
         """Encoding the target requantizes ``node``'s accumulator to: the end of the chain the target fuses
@@ -98,7 +95,7 @@ class CheckContext:
         tensor, current = node.outputs[0], node
         for _ in range(len(self.model.nodes)):
             nxt = self.sole_consumer(tensor)
-            if nxt is not None and self.fuses(current.op_type, nxt.op_type):
+            if nxt is not None and self.fuses(current, nxt.op_type):
                 tensor, current = nxt.outputs[0], nxt
                 continue
             enc = self.own_encoding(tensor)

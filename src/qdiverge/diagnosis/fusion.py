@@ -34,7 +34,7 @@ def missing_target_encoding(ctx: CheckContext) -> list[Finding]:
                                                         tensor in ctx.model.outputs):
             continue
         nxt = ctx.sole_consumer(tensor)
-        if nxt is not None and ctx.fuses(node.op_type, nxt.op_type):
+        if nxt is not None and ctx.fuses(node, nxt.op_type):
             continue  # the target fuses it too: no tensor, no encoding needed
         if node.op_type == "MatMul" and ctx.bias(node)[1] is not None:
             continue  # MatMul + constant Add is one linear op with a bias on every target
@@ -76,7 +76,7 @@ def sim_only_quantizer(ctx: CheckContext) -> list[Finding]:
         tensor = node.outputs[0] if node.outputs else ""
         enc = ctx.encodings.activations.get(tensor)
         nxt = ctx.sole_consumer(tensor) if tensor else None
-        if enc is None or enc.is_float or nxt is None or not ctx.fuses(node.op_type, nxt.op_type):
+        if enc is None or enc.is_float or nxt is None or not ctx.fuses(node, nxt.op_type):
             continue
         out = ctx.own_encoding(nxt.outputs[0])
         if out is not None and nxt.op_type in MONOTONE_CLAMPS and same_encoding(enc, out):

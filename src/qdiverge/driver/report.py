@@ -20,7 +20,10 @@ from qdiverge.reports.model import (
     RunInfo,
 )
 
-FLAG_NAMES = {"float_fallback": FLAG_FLOAT_FALLBACK, "derived_encoding": FLAG_DERIVED_ENCODING}
+def report_flags(step_flags: Sequence[str]) -> tuple[str, ...]:
+    """Report flags from the emulator's step flags; fusion already shows in the op column (Conv+Relu)."""
+    names = {"float-fallback": FLAG_FLOAT_FALLBACK, "derived-encoding": FLAG_DERIVED_ENCODING}
+    return tuple(sorted({names[f.partition(":")[0]] for f in step_flags if f.partition(":")[0] in names}))
 
 
 def file_sha256(path: Path | None) -> str:
@@ -49,7 +52,7 @@ def build_report(
             isolated=o.isolated,
             cumulative=o.cumulative,
             split_final=o.split_final,
-            flags=tuple(sorted(FLAG_NAMES.get(f, f) for f in o.flags)),
+            flags=report_flags(o.flags),
             why=why(o) if why else (),
         )
         for position, o in enumerate(ranked, start=1)

@@ -56,6 +56,7 @@ class Profile:
     bias_rounding: str = "half_even"
     input_rounding: str = "half_even"  # quantizing float graph inputs
     input_reciprocal: bool = True  # x * (1/s) (HTP core) instead of x / s (ONNX)
+    input_fp16: bool = False  # HTP 8-bit inputs: x * (1/s) rounded to float16 first, zero point added after
     conv: RequantSpec = field(default_factory=RequantSpec)  # Conv, ConvTranspose, Gemm, MatMul
     eltwise: RequantSpec = field(default_factory=RequantSpec)  # Add, Sub, Mul, Div
     eltwise_left_shift: int = 20  # headroom bits before rescaling add inputs (TFLite: 20 for 8 bit)
@@ -67,5 +68,7 @@ class Profile:
     resize_method: str = "q10"  # bilinear Resize: q10 (TFLite 10-bit weights) | exact (rational weights)
     lut: LutSpec = field(default_factory=LutSpec)
     fusions: tuple[tuple[str, ...], ...] = (("Conv", "Relu"), ("Conv", "Clip"))
+    # activations NOT fused after a depthwise conv with stride > 1 (HTP requantizes the conv output there)
+    unfused_after_strided_depthwise: tuple[str, ...] = ()
     derive_missing: str = "minmax"  # how a tensor the target needs but the export lacks is encoded
     notes: tuple[str, ...] = ()

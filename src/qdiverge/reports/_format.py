@@ -11,6 +11,7 @@ from qdiverge.metrics import TensorMetrics
 from qdiverge.reports.model import LayerResult, OutputSummary, Report
 
 HEADERS = ("rank", "node", "op", "tensor", "contribution", "iso LSB", "cum SQNR", "flags", "why")
+FINDING_HEADERS = ("#", "severity", "rule", "node", "finding", "fix")
 DEFAULT_TOP = 20  # what fits a terminal and a pull-request comment
 
 
@@ -55,7 +56,7 @@ def layer_row(layer: LayerResult, width: int = 40) -> list[str]:
         elide(layer.node, width),
         layer.op_type,
         elide(layer.tensor, width),
-        fmt_num(layer.contribution),
+        fmt_pct(layer.contribution),
         fmt_num(iso.max_lsb if iso else None),
         fmt_db(cum.sqnr_db if cum else None),
         ",".join(layer.flags),
@@ -87,3 +88,17 @@ def verdict(report: Report) -> str:
     if gate.passed:
         return f"gate: PASSED ({gate.checks} checks)"
     return f"gate: FAILED ({len(gate.failures)} of {gate.checks} checks)"
+
+
+def is_check(report: Report) -> bool:
+    """A ``qdiverge check`` report: rows are nodes with findings, no measurements."""
+    return tuple(report.run.modes) == ("check",)
+
+
+def finding_rows(report: Report, top: int | None, width: int = 40) -> list[list[str]]:
+    """One row per finding (``check`` reports), worst first, at most ``top`` rows."""
+    rows = []
+    for layer in top_layers(report, None):
+        for f in layer.why:
+            rows.append([str(len(rows) + 1), f.severity, f.rule, elide(layer.node, width), f.message, f.fix])
+    return rows if top is None else rows[: max(top, 0)]

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
-from qdiverge.reports._format import DEFAULT_TOP, HEADERS, layer_row, summary_line, top_layers, verdict
+from qdiverge.reports._format import (
+    DEFAULT_TOP,
+    FINDING_HEADERS,
+    HEADERS,
+    finding_rows,
+    fmt_pct,
+    is_check,
+    layer_row,
+    summary_line,
+    top_layers,
+    verdict,
+)
 from qdiverge.reports.model import Report
 
 MAX_FAILURES = 20  # GitHub comments stop at 65536 characters
@@ -28,12 +39,20 @@ def render(report: Report, top: int | None = DEFAULT_TOP) -> str:
     )
     lines.append("")
     lines += [f"- {_cell(summary_line(out))}" for out in report.summary]
+    if is_check(report):
+        rows = [[_cell(c) for c in row] for row in finding_rows(report, top)]
+        lines += ["", tabulate(rows, headers=FINDING_HEADERS, tablefmt="github", disable_numparse=True)]
+        return "\n".join(lines) + "\n"
     layers = top_layers(report, top)
     if layers:
         rows = [[_cell(c) for c in layer_row(la)] for la in layers]
         lines += ["", tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True)]
         if len(layers) < len(report.layers):
             lines.append(f"\n_{len(report.layers) - len(layers)} more layers in the full report._")
+    for w in report.what_if:
+        lines += ["", f"**what-if `{_cell(w.spec)}`**", ""]
+        lines += [f"- {_cell(summary_line(out))}" for out in w.summary]
+        lines += [f"- `{_cell(la.node)}`: {fmt_pct(la.before)} → {fmt_pct(la.after)}" for la in w.layers[:5]]
     if gate is not None and gate.failures:
         lines += ["", "<details><summary>Gate failures</summary>", ""]
         lines += [f"- {_cell(f.message)}" for f in gate.failures[:MAX_FAILURES]]

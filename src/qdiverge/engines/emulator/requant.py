@@ -125,15 +125,21 @@ def apply_requant(acc: np.ndarray, p: RequantParams, qmin: int, qmax: int, axis:
     return np.clip(y, qmin, qmax, out=y)
 
 
-def quantize_float(x: np.ndarray, enc: Encoding, rounding: str, reciprocal: bool = False) -> np.ndarray:
+def quantize_float(
+    x: np.ndarray, enc: Encoding, rounding: str, reciprocal: bool = False, fp16: bool = False
+) -> np.ndarray:
     """Storage-domain codes of float ``x`` under ``enc`` (float32 arithmetic, as converters and runtimes do).
 
     ``reciprocal=False``: ONNX ``QuantizeLinear``, ``R(x / s) + z``. ``reciprocal=True``: HTP core
     ``saturate_round(z + x * (1/s))`` (the zero point joins before rounding, which matters at ties).
+    ``fp16=True`` (HTP 8-bit graph inputs, probe ``input``): ``R(fp16(x * (1/s))) + z``.
     """
     x = np.asarray(x, dtype=np.float32)
     scale, offset, _, _ = float32_params(enc, x.shape)
-    if reciprocal:
+    if fp16 and enc.bitwidth <= 8:
+        product = (x * (np.float32(1.0) / scale)).astype(np.float16).astype(np.float64)
+        q_u = fx.round_to_int(product, rounding) - offset.astype(np.int64)
+    elif reciprocal:
         q_u = fx.round_to_int(x * (np.float32(1.0) / scale) - offset, rounding)
     else:
         q_u = fx.round_to_int(x / scale, rounding) - offset.astype(np.int64)

@@ -28,6 +28,7 @@ from qdiverge.engines.emulator.requant import quantize_float
 from qdiverge.engines.qtensor import QTensor
 from qdiverge.errors import InputError
 from qdiverge.loading.model import Model, Node
+from qdiverge.profiles.fusion import fuses
 from qdiverge.profiles.schema import Profile
 from qdiverge.quant import dequantize
 
@@ -148,7 +149,12 @@ class Emulator:
             for op in pattern[1:]:
                 outs = [o for o in chain[-1].outputs if o]
                 users = self.model.consumers.get(outs[0], []) if len(outs) == 1 else []
-                if len(users) != 1 or users[0].op_type != op or outs[0] in self.model.outputs:
+                if (
+                    len(users) != 1
+                    or users[0].op_type != op
+                    or outs[0] in self.model.outputs
+                    or not fuses(self.profile, chain[-1], op, self.model)
+                ):
                     break
                 chain.append(users[0])
             else:
@@ -284,7 +290,7 @@ class Emulator:
         if enc is None or enc.is_float:
             return QTensor(np.asarray(value), None)
         prof = self.profile
-        return QTensor(quantize_float(value, enc, prof.input_rounding, prof.input_reciprocal), enc)
+        return QTensor(quantize_float(value, enc, prof.input_rounding, prof.input_reciprocal, prof.input_fp16), enc)
 
     def run(self, feeds: Mapping[str, np.ndarray], keep: str = "outputs") -> dict[str, QTensor]:
         """Run every step on float ``feeds``; return the graph outputs (``keep="all"``: every tensor)."""
@@ -324,7 +330,7 @@ class Emulator:
         return tuple(
             r
             if enc is None or enc.is_float
-            else quantize_float(r, enc, prof.input_rounding, prof.input_reciprocal)
+            else quantize_float(r, enc, prof.input_rounding, prof.input_reciprocal, prof.input_fp16)
             for r, enc in zip(results, step.output_encodings, strict=True)
         )
 
