@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import sys
 import time
 import traceback
@@ -33,7 +34,8 @@ def _common(func):
         click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
                      help="AIMET quantsim config JSON the model was quantized with (supergroups, per-channel)."),
         click.option("--target", default="htp", show_default=True,
-                     help="Target profile: htp, hexagon-nn, tflite, onnx, or a YAML path."),
+                     help="Target profile: htp, hexagon-nn, tflite, onnx, or a YAML path;"
+                          " qnn-htp: the real HTP backend (onnxruntime-qnn) as the DSP side."),
         click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
                      help="Fix a dynamic input shape, e.g. input:1,3,224,224 (repeatable)."),
     ]
@@ -73,6 +75,12 @@ def _workspace(model, encodings, config, target, input_shapes):
     return ws
 
 
+def _htp_arch(func):
+    """``--htp-arch``: the Hexagon architecture the qnn-htp target (and ``run --engine htp``) simulates."""
+    return click.option("--htp-arch", type=click.Choice(["68", "69", "73", "75", "79", "81"]), default="73",
+                        show_default=True, help="HTP architecture for --target qnn-htp / --engine htp.")(func)
+
+
 def _source(ws, inputs, samples, seed, default_samples: int = 4):
     from qdiverge.loading.inputs import input_source
 
@@ -101,22 +109,42 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 @cli.command()
 @_common
 @_inputs
-@click.option("--engine", type=click.Choice(["float", "sim", "emulate"]), default="sim", show_default=True,
-              help="float: the FP32 model; sim: AIMET QuantSim reproduction; emulate: fixed-point DSP emulator.")
+@click.option("--engine", type=click.Choice(["float", "sim", "emulate", "htp"]), default="sim",
+              show_default=True,
+              help="float: the FP32 model; sim: AIMET QuantSim reproduction; emulate: fixed-point DSP"
+                   " emulator; htp: the QDQ model on Qualcomm's HTP backend (onnxruntime-qnn).")
+@_htp_arch
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output .npz (arrays keyed by ONNX tensor name, first axis = samples).")
 @click.option("--dump-all", is_flag=True, help="Write every encoded tensor, not just the model outputs.")
 @click.option("--integers", is_flag=True, help="emulate only: also write raw integer codes as NAME::codes.")
-def run(model, encodings, config, target, input_shapes, inputs, samples, seed, engine, output, dump_all, integers):
+def run(model, encodings, config, target, input_shapes, inputs, samples, seed, engine, htp_arch, output,
+        dump_all, integers):
     """Run one engine over the inputs and write the outputs as float arrays."""
     from qdiverge.runner import run_engine
 
     ws = _workspace(model, encodings, config, target, input_shapes)
     source = _source(ws, inputs, samples, seed, default_samples=1)
-    flagged = run_engine(ws, source, engine, output, dump_all=dump_all, integers=integers)
+    flagged = run_engine(
+        ws, source, engine, output, dump_all=dump_all, integers=integers, htp_arch=int(htp_arch)
+    )
     for line in flagged:
         click.echo(f"FLAG | {line}", err=True)
     click.echo(f"wrote {output} ({source.samples} sample(s), engine {engine})")
+
+
+def _ort_failure(exc: Exception) -> str | None:
+    """One line for an onnxruntime error raised while running the model, else None.
+
+    ORT accepts some invalid models (a Conv weight that does not match its input) and fails only when
+    it runs them; that is the model's problem, so it is reported like bad input, minus ORT's C++ prefix.
+    """
+    if not type(exc).__module__.startswith("onnxruntime"):
+        return None
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", text)
+    text = re.sub(r"^\S+\.(?:cc|h|cpp):\d+ .*?\) ", "", text)  # source file and C++ signature
+    return f"onnxruntime failed running the model: {text}"
 
 
 def main() -> None:
@@ -148,7 +176,13 @@ def main() -> None:
     except Exception as exc:  # a bug: say so, hide the traceback unless asked
         if debug:
             traceback.print_exc()
-        click.echo(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)", err=True)
+        ort = _ort_failure(exc)
+        if ort is not None:
+            click.echo(f"error: {ort}", err=True)
+            sys.exit(2)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        hint = "rerun with --debug for a traceback"
+        click.echo(f"internal error: {type(exc).__name__}: {first} ({hint})", err=True)
         sys.exit(3)
 
 
@@ -172,6 +206,7 @@ def _progress(enabled: bool):
 @_inputs
 @click.option("--mode", "modes", default="split,layerwise,cumulative", show_default=True,
               help="Comma list of split, layerwise, cumulative, search.")
+@_htp_arch
 @click.option("--metric", type=click.Choice(["sqnr", "mse", "cosine", "top1", "lsb"]), default="sqnr",
               show_default=True, help="Ranking metric (final-output divergence each cut adds).")
 @click.option("--search-threshold", type=float, default=30.0, show_default=True,
@@ -191,9 +226,9 @@ def _progress(enabled: bool):
               help="Re-run with a change and show how much divergence it removes: per-channel[=NODE,...],"
                    " bias-bits=8|32, encoding=TENSOR:MIN,MAX (repeatable).")
 @click.pass_context
-def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples, seed, modes, metric,
-           search_threshold, top, fmt, output, fail_under_sqnr, fail_over_lsb, fail_under_top1, gate_scope,
-           baseline, what_if):
+def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples, seed, modes, htp_arch,
+           metric, search_threshold, top, fmt, output, fail_under_sqnr, fail_over_lsb, fail_under_top1,
+           gate_scope, baseline, what_if):
     """Split the graph at every layer (DSP prefix, sim suffix) and rank layers by divergence.
 
     \b
@@ -208,6 +243,7 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
     from qdiverge.driver.bisect import MODES, Bisector
     from qdiverge.driver.whatif import run_what_if
     from qdiverge.driver.report import build_report, run_info
+    from qdiverge.pipeline import QNN_HTP
     from qdiverge.reports import write_report
     from qdiverge.reports.model import Report, Thresholds, parse_limits
 
@@ -226,13 +262,16 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
     changes = [parse_what_if(spec) for spec in what_if]
     ws = _workspace(model, encodings, config, target, input_shapes)
     source = _source(ws, inputs, samples, seed)
-    emu = ws.emulator(source)
+    emu = ws.dsp(source, int(htp_arch))
+    if changes and ws.target == QNN_HTP:
+        raise InputError("--what-if re-runs the emulator; it is not available with --target qnn-htp")
     outputs = list(ws.model.outputs)
     bisector = Bisector(ws.sim(), emu, ws.float(), outputs, {o: emu.target_encodings.get(o) for o in outputs})
     result = bisector.run(source, wanted, search_threshold, progress=_progress(not ctx.obj["quiet"]))
     if sys.stderr.isatty() and not ctx.obj["quiet"]:
         sys.stderr.write("\r" + " " * 72 + "\r")
-    info = run_info(ws, source, wanted, metric, ["qdiverge", *sys.argv[1:]], ["sim", f"emulate:{ws.profile.name}"])
+    dsp_name = f"qnn-htp:v{htp_arch}" if ws.target == QNN_HTP else f"emulate:{ws.profile.name}"
+    info = run_info(ws, source, wanted, metric, ["qdiverge", *sys.argv[1:]], ["sim", dsp_name])
     findings = _findings(ws)
     report = build_report(result, info, outputs, metric, why=lambda o: _why(findings, o))
     if changes:
@@ -299,3 +338,58 @@ def check(model, encodings, config, target, input_shapes, fail_on, fmt, output, 
     if fail_on != "never" and any(SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on) for f in findings):
         raise GateFailed(f"findings: {summary} (--fail-on {fail_on})")
     click.echo(f"PASSED | {elapsed:.1f}s | findings: {summary}", err=True)
+
+
+@cli.command()
+@_common
+@click.option("--device-outputs", "device_outputs", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="qnn-net-run/snpe-net-run --output_dir of a --debug run (Result_N/<tensor>.raw).")
+@click.option("--inputs", "inputs", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The input list (or .npy/.npz) the device ran, in the same sample order.")
+@click.option("--samples", default=0, show_default="all", type=int, help="Use only the first N samples.")
+@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
+              help="Layout of rank-4 dumps (nhwc: channel-last, transposed back to ONNX order).")
+@click.option("--mode", "modes", default="split,cumulative", show_default=True,
+              help="Comma list of split, cumulative.")
+@click.option("--metric", type=click.Choice(["sqnr", "mse", "cosine", "top1", "lsb"]), default="sqnr",
+              show_default=True, help="Ranking metric (final-output divergence each cut adds).")
+@click.option("--top", type=int, default=20, show_default=True, help="Rows in table/markdown output.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown", "junit", "html"]),
+              default="table", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the report here.")
+def compare(model, encodings, config, target, input_shapes, device_outputs, inputs, samples, layout, modes,
+            metric, top, fmt, output):
+    """Rank layers by sim-vs-device divergence from a real device run's per-tensor dumps.
+
+    The device is the DSP side of bisect: cumulative compares every dumped tensor with the sim, split
+    feeds the device's tensors into the sim suffix. Missing tensors are reported, not fatal.
+    """
+    from qdiverge.driver.bisect import Bisector
+    from qdiverge.driver.compare import COMPARE_MODES, DeviceSide, log_summary
+    from qdiverge.driver.report import build_report, run_info
+    from qdiverge.reports import write_report
+
+    start = time.perf_counter()
+    wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
+    if not wanted or any(m not in COMPARE_MODES for m in wanted):
+        raise InputError(f"--mode {modes!r}: choose from {', '.join(COMPARE_MODES)}")
+    ws = _workspace(model, encodings, config, target, input_shapes)
+    source = _source(ws, inputs, samples, 0)
+    device = DeviceSide(device_outputs, ws.emulator(source), layout)
+    log_summary(device.summary)
+    outputs = list(ws.model.outputs)
+    encs = {o: device.target_encodings.get(o) for o in outputs}
+    result = Bisector(ws.sim(), device, ws.float(), outputs, encs).run(source, wanted)
+    engines = ["sim", f"device:{device_outputs}"]
+    info = run_info(ws, source, wanted, metric, ["qdiverge", *sys.argv[1:]], engines)
+    findings = _findings(ws)
+    report = build_report(result, info, outputs, metric, why=lambda o: _why(findings, o))
+    write_report(report, fmt, output, top=top)
+    s = device.summary
+    click.echo(
+        f"PASSED | {time.perf_counter() - start:.1f}s | {result.samples} sample(s), {s.matched} dumped"
+        f" tensor(s) matched, {len(s.missing)} layer tensor(s) missing, {len(s.unmatched)} unmatched",
+        err=True,
+    )

@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from qdiverge.encodings.load import load_encodings
 from qdiverge.encodings.config import QuantsimConfig, read_quantsim_config, supergroup_internal_tensors
+from qdiverge.encodings.load import load_encodings
 from qdiverge.encodings.schema import EncodingSet
 from qdiverge.engines.sim import OrtGraphEngine, float_engine, sim_engine
 from qdiverge.errors import InputError
+from qdiverge.fileio import not_found
 from qdiverge.loading.inputs import InputSource
 from qdiverge.loading.model import Model, load_model
 from qdiverge.profiles import load_profile
 from qdiverge.profiles.schema import Profile
 
-ENGINES = ("float", "sim", "emulate")
+ENGINES = ("float", "sim", "emulate", "htp")
+# per element of every tensor of one sample: the sim's float32 capture plus the emulator's int64 codes
+# (bisect keeps both for the whole graph; other commands keep less, so this errs on the safe side)
+ACTIVATION_BYTES = 12
+QNN_HTP = "qnn-htp"  # --target value: the real HTP backend (onnxruntime-qnn) as the DSP side
 
 
 @dataclass
@@ -31,6 +37,7 @@ class Workspace:
     config: QuantsimConfig | None
     profile: Profile
     encodings_path: Path | None
+    target: str = "htp"
     _engines: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -39,11 +46,13 @@ class Workspace:
 
     def sim(self) -> OrtGraphEngine:
         if "sim" not in self._engines:
+            check_memory(self.model, None)
             self._engines["sim"] = sim_engine(self.model, self.encodings)
         return self._engines["sim"]  # type: ignore[return-value]
 
     def float(self) -> OrtGraphEngine:
         if "float" not in self._engines:
+            check_memory(self.model, None)
             self._engines["float"] = float_engine(self.model)
         return self._engines["float"]  # type: ignore[return-value]
 
@@ -74,6 +83,8 @@ class Workspace:
         if key not in self._engines:
             from qdiverge.engines.emulator.runner import Emulator
 
+            check_memory(self.model, source)
+
             self._engines[key] = Emulator(
                 self.model,
                 self.encodings,
@@ -82,6 +93,72 @@ class Workspace:
                 calibrate=self.calibrator(source),
             )
         return self._engines[key]
+
+    def htp(self, source: InputSource, htp_arch: int = 73):
+        """The real HTP backend, stepped like the emulator (``qnn-htp``)."""
+        key = f"htp:{htp_arch}"
+        if key not in self._engines:
+            from qdiverge.engines.htp_target import HtpTarget
+            from qdiverge.engines.qnn_htp import load_qnn
+
+            load_qnn()  # InputError with the install hint before any work
+            plan = self.emulator(source)
+            self._engines[key] = HtpTarget(
+                self.model, self.encodings, htp_arch, plan=plan, calibrate=self.calibrator(source)
+            )
+        return self._engines[key]
+
+    def dsp(self, source: InputSource, htp_arch: int = 73):
+        """The DSP side ``--target`` names: the real HTP for ``qnn-htp``, else the emulator."""
+        return self.htp(source, htp_arch) if self.target == QNN_HTP else self.emulator(source)
+
+
+def available_memory() -> int | None:
+    """``MemAvailable`` from ``/proc/meminfo`` in bytes (None where there is no such file)."""
+    try:
+        lines = Path("/proc/meminfo").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def _elements(shape: tuple[int, ...]) -> float:
+    return float(np.prod(shape, dtype=np.float64))  # float: an absurd --input-shape must not overflow
+
+
+def _resident_input_bytes(source: InputSource | None) -> float:
+    """Input data held in memory as a whole: ``.npz`` arrays are read fully (``.npy`` is memory mapped)."""
+    if source is None or source.path is None or source.path.suffix != ".npz":
+        return 0.0
+    try:
+        with zipfile.ZipFile(source.path) as archive:
+            return float(sum(info.file_size for info in archive.infolist()))
+    except (OSError, zipfile.BadZipFile):
+        return 0.0  # the input reader reports an unreadable file itself
+
+
+def check_memory(model: Model, source: InputSource | None, available: int | None = None) -> None:
+    """Refuse a run that cannot fit in memory before it starts swapping.
+
+    The estimate: every tensor of one sample (shapes from the model) times ``ACTIVATION_BYTES``, the
+    model outputs of all samples (``run`` stacks them), and input files read whole.
+    """
+    available = available_memory() if available is None else available
+    if available is None:
+        return
+    activations = sum(_elements(s) for n, s in model.shapes.items() if n not in model.initializers)
+    samples = source.samples if source is not None else 1
+    outputs = sum(_elements(model.shapes.get(o, ())) for o in model.outputs) * 4 * samples
+    need = activations * ACTIVATION_BYTES + outputs + _resident_input_bytes(source)
+    if need > available:
+        gib = 1 << 30
+        raise InputError(
+            f"{model.path}: this run needs about {need / gib:.1f} GiB of memory and {available / gib:.1f} GiB"
+            " is available; use a smaller --input-shape, fewer --samples or a smaller input file"
+        )
 
 
 def open_workspace(
@@ -92,10 +169,11 @@ def open_workspace(
     target: str = "htp",
 ) -> Workspace:
     """Load and cross-check all inputs; every problem becomes one ``InputError`` line."""
-    profile = load_profile(target)
+    # qnn-htp steps the model like the emulator's htp profile, so layers and cuts line up
+    profile = load_profile("htp" if target == QNN_HTP else target)
     config = read_quantsim_config(config_path) if config_path else None
     if encodings_path is not None and not Path(encodings_path).is_file():
-        raise InputError(f"{encodings_path}: encodings file not found")
+        raise not_found(encodings_path, "encodings file")
     model = load_model(model_path, input_shapes)
     model, encodings, warnings = load_encodings(encodings_path, model)
     return Workspace(
@@ -105,4 +183,5 @@ def open_workspace(
         config=config,
         profile=profile,
         encodings_path=Path(encodings_path) if encodings_path else None,
+        target=target,
     )

@@ -12,7 +12,13 @@ from qdiverge.pipeline import Workspace
 
 
 def run_engine(
-    ws: Workspace, source: InputSource, engine: str, output: Path, dump_all: bool = False, integers: bool = False
+    ws: Workspace,
+    source: InputSource,
+    engine: str,
+    output: Path,
+    dump_all: bool = False,
+    integers: bool = False,
+    htp_arch: int = 73,
 ) -> list[str]:
     """Run ``engine`` and write ``output`` (.npz); returns lines describing float-fallback ops."""
     names = list(ws.model.outputs)
@@ -21,13 +27,13 @@ def run_engine(
         names += [t for t in encoded if t not in names]
     collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
     flagged: list[str] = []
-    if engine == "emulate":
-        emu = ws.emulator(source)
-        flagged = list(emu.fallback_report())
+    if engine in ("emulate", "htp"):
+        emu = ws.htp(source, htp_arch) if engine == "htp" else ws.emulator(source)
+        flagged = list(emu.fallback_report()) if engine == "emulate" else []
         for sample in source:
             values = emu.run(sample, keep="all" if dump_all else "outputs")
             for n in names:
-                if n in values:
+                if n in values:  # htp: a tensor it cannot expose is left out
                     collected[n].append(values[n].dequantize())
                     if integers and values[n].encoding is not None:
                         collected.setdefault(f"{n}::codes", []).append(values[n].codes)

@@ -136,6 +136,8 @@ class Bisector:
                 final[o].update(sim_vals[o], emu_vals[o].dequantize())
                 sim_vs_float[o].update(float_out[o], sim_vals[o])
             for i, t in enumerate(inputs):  # input quantization is its own "layer"
+                if t not in emu_vals:  # a DSP side that cannot expose it (qnn-htp)
+                    continue
                 iso[i].update(sim_vals[t], emu_vals[t].dequantize())
                 cum[i].update(sim_vals[t], emu_vals[t].dequantize())
             first = len(inputs)
@@ -159,6 +161,8 @@ class Bisector:
                 for c, cut in enumerate(self.cuts):
                     if progress and c % 10 == 0:
                         progress(f"sample {samples}/{source.samples}: cut {c + 1}/{len(self.cuts)}")
+                    if not _usable(cut, emu_vals):
+                        continue  # the next usable cut carries this layer's contribution
                     got = self._run_cut(cut, emu_vals)
                     suffix_runs += 1
                     for o in self.outputs:
@@ -171,7 +175,11 @@ class Bisector:
         if samples == 0:
             raise InputError("the input source gave no samples")
 
-        per_cut = [_combine(acc) for acc in split] if "split" in modes else [None] * len(self.cuts)
+        per_cut = (
+            [_combine(acc) if next(iter(acc.values())).n else None for acc in split]
+            if "split" in modes
+            else [None] * len(self.cuts)
+        )
         outcomes = [
             StepOutcome(
                 index=-1,
@@ -220,13 +228,14 @@ class Bisector:
 
     def _search(self, emu_vals, sim_vals, threshold_db: float) -> tuple[int | None, int]:
         """Binary search for the first cut whose final-output SQNR falls below ``threshold_db``."""
-        lo, hi = 0, len(self.cuts) - 1
+        cuts = [c for c in self.cuts if _usable(c, emu_vals)]
+        lo, hi = 0, len(cuts) - 1
         runs = 0
 
         def below(c: int) -> bool:
             nonlocal runs
             runs += 1
-            got = self._run_cut(self.cuts[c], emu_vals)
+            got = self._run_cut(cuts[c], emu_vals)
             acc = self._final_acc()
             for o in self.outputs:
                 acc[o].update(sim_vals[o], got[o])
@@ -240,7 +249,12 @@ class Bisector:
                 hi = mid
             else:
                 lo = mid + 1
-        return self.cuts[lo].step_index, runs
+        return cuts[lo].step_index, runs
+
+
+def _usable(cut: Cut, dsp_vals: dict[str, QTensor]) -> bool:
+    """A cut needs every live tensor from the DSP side; a real target may not expose fused-away ones."""
+    return all(t in dsp_vals for t in cut.live)
 
 
 def _combine(accs: dict[str, MetricsAccumulator]) -> TensorMetrics:

@@ -10,7 +10,6 @@ model. 2.0.0 ``int32`` entries are exported biases the sim never applied: they g
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 from qdiverge.encodings.qdq import encoding_from_zero_point
 from qdiverge.encodings.schema import Encoding, EncodingSet, validate_encoding
 from qdiverge.errors import InputError, UnsupportedError
+from qdiverge.fileio import read_json
 
 VERSIONS = ("0.6.1", "1.0.0", "2.0.0", "2.1.0")
 ENC_TYPES_100 = ("PER_TENSOR", "PER_CHANNEL", "PER_BLOCK", "LPBQ")
@@ -77,17 +77,7 @@ def _flatten(value: Any) -> Any:
 def read_encodings_json(path: str | Path) -> EncodingSet:
     """Parse and check an AIMET encodings file; raise ``InputError`` naming the entry on any problem."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: encodings file not found")
-    raw = path.read_bytes()
-    try:
-        data = json.loads(raw)
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file (expected AIMET encodings JSON)") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
-        ) from None
+    data, raw = read_json(path, "encodings file")
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object at the top level, got {type(data).__name__}")
     version = detect_version(data, path)
@@ -181,6 +171,11 @@ def _integral_offsets(ctx: _Entry, offset: np.ndarray) -> None:
 
 
 def _read_061(ctx: _Entry, value: Any, is_param: bool) -> Encoding:
+    if isinstance(value, dict) and value and set(value) <= {"input", "output"}:
+        raise ctx.fail(
+            "entries keyed by module with input/output slots are aimet-torch's <prefix>_torch.encodings;"
+            " give the <prefix>.encodings written next to it (keyed by ONNX tensor names)"
+        )
     if not isinstance(value, list) or not value or not all(isinstance(c, dict) for c in value):
         raise ctx.fail("expected a non-empty list of per-channel objects")
     dtype = ctx.field(value[0], "dtype", "int")

@@ -153,11 +153,18 @@ def _check_names(encset: EncodingSet, model: Model) -> None:
     shown = ", ".join(repr(n) for n in unknown[:5]) + (
         f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
     )
-    close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+    # a few stray names are likely typos or renames; most names missing means the wrong file
+    mostly = len(unknown) > 2 and len(unknown) > len(encset.all_names) / 2
+    close = [] if mostly else difflib.get_close_matches(unknown[0], sorted(known), n=1)
     hint = f" (did you mean {close[0]!r} for {unknown[0]!r}?)" if close else ""
+    advice = (
+        "the encodings belong to another model: give the .encodings exported together with this .onnx"
+        if mostly
+        else "the encodings probably belong to another model (or to the model before BN folding/export)"
+    )
     raise InputError(
         f"{encset.source}: {len(unknown)} encoded tensor(s) are not in the model {model.path}: {shown}{hint};"
-        " the encodings probably belong to another model (or to the model before BN folding/export)"
+        f" {advice}"
     )
 
 

@@ -7,7 +7,6 @@ quantizer in the sim, fused on the target) and which op types are per-channel.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from types import MappingProxyType
 from typing import Any
 
 from qdiverge.errors import InputError
+from qdiverge.fileio import read_json
 from qdiverge.loading.model import Model, Node
 
 REQUIRED_SECTIONS = ("defaults", "params", "op_type", "supergroups", "model_input", "model_output")
@@ -167,13 +167,7 @@ class _Parser:
 def read_quantsim_config(path: str | Path) -> QuantsimConfig:
     """Parse and check an AIMET quantsim config; ``InputError`` names the offending key."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: quantsim config not found")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f" at line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-        raise InputError(f"{path}: malformed JSON{where}") from None
+    data, _ = read_json(path, "quantsim config")
     p = _Parser(path)
     top = p.obj(data, "config", (*REQUIRED_SECTIONS, "supergroup_pass_list"))
     missing = [k for k in REQUIRED_SECTIONS if k not in top]

@@ -135,6 +135,11 @@ def validate_encoding(enc: Encoding, where: str) -> None:
     if not np.all(np.isfinite(enc.scale)) or np.any(enc.scale <= 0):
         bad = float(enc.scale[~(np.isfinite(enc.scale) & (enc.scale > 0))].ravel()[0])
         raise InputError(f"{prefix} has scale {bad!r}; scales must be finite and > 0")
+    # the sim and the targets hold scales as float32: one that rounds to 0 or inf there is unusable
+    lo, hi = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+    if np.any(enc.scale < lo) or np.any(enc.scale > hi):
+        bad = float(enc.scale[(enc.scale < lo) | (enc.scale > hi)].ravel()[0])
+        raise InputError(f"{prefix} has scale {bad!r}, outside float32's normal range [{lo:.3g}, {hi:.3g}]")
     if not np.all(np.isfinite(enc.offset)):
         raise InputError(f"{prefix} has a non-finite offset")
     # zero must be representable: offset in [-(2^bw - 1), 0] (AIMET gates min/max to include 0)

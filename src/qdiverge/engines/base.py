@@ -32,7 +32,7 @@ def make_session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True
     its QcQuantizeOp custom nodes sit on every weight and activation and block those rewrites.
     """
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # errors reach the user once, as the exception; not as ORT log lines
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.add_session_config_entry("session.disable_prepacking", "1")

@@ -17,6 +17,7 @@ import numpy as np
 
 from qdiverge.encodings.schema import EncodingSet
 from qdiverge.errors import InputError
+from qdiverge.fileio import not_found
 from qdiverge.loading.model import Model, TensorInfo
 
 Sample = dict[str, np.ndarray]
@@ -50,12 +51,18 @@ class InputSource:
 
 def _fit_sample(arr: np.ndarray, info: TensorInfo, where: str) -> np.ndarray:
     if arr.dtype.kind != info.dtype.kind and not (arr.dtype.kind in "iuf" and info.dtype.kind == "f"):
-        raise InputError(f"{where}: dtype {arr.dtype} does not match model input {info.name!r} ({info.dtype})")
+        raise InputError(
+            f"{where}: dtype {arr.dtype} does not match model input {info.name!r} ({info.dtype})"
+        )
     if arr.size != int(np.prod(info.shape)):
         raise InputError(
             f"{where}: a sample of input {info.name!r} has shape {arr.shape}, the model expects {info.shape}"
         )
-    return np.ascontiguousarray(arr.reshape(info.shape).astype(info.dtype, copy=False))
+    sample = np.ascontiguousarray(arr.reshape(info.shape).astype(info.dtype, copy=False))
+    # NaN/inf have no code: the sim and every target quantize them differently, so the comparison is moot
+    if sample.dtype.kind == "f" and not np.all(np.isfinite(sample)):
+        raise InputError(f"{where}: a sample of input {info.name!r} holds NaN or infinite values")
+    return sample
 
 
 def _split_samples(arr: np.ndarray, info: TensorInfo, where: str) -> tuple[int, int]:
@@ -75,8 +82,10 @@ def _load_array(path: Path) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as exc:
-        if "pickle" in str(exc).lower() or "object" in str(exc).lower():
-            raise InputError(f"{path}: holds pickled Python objects; refusing to unpickle (save plain arrays)") from None
+        if "pickle" in str(exc).lower() or "python objects" in str(exc).lower():
+            raise InputError(
+                f"{path}: holds pickled Python objects; refusing to unpickle (save plain arrays)"
+            ) from None
         raise InputError(f"{path}: not a readable .npy file ({exc})") from None
     except (OSError, EOFError) as exc:
         raise InputError(f"{path}: not a readable .npy file ({exc})") from None
@@ -85,7 +94,8 @@ def _load_array(path: Path) -> np.ndarray:
 def _npy_samples(model: Model, path: Path, limit: int) -> Iterator[Sample]:
     if len(model.inputs) != 1:
         raise InputError(
-            f"{path}: a .npy file feeds one-input models; this model has inputs {sorted(model.inputs)} (use .npz)"
+            f"{path}: a .npy file feeds one-input models; this model has inputs {sorted(model.inputs)}"
+            " (use .npz)"
         )
     info = next(iter(model.inputs.values()))
     arr = _load_array(path)
@@ -104,7 +114,9 @@ def _npz_samples(model: Model, path: Path, limit: int) -> Iterator[Sample]:
         missing = sorted(set(model.inputs) - set(archive.files))
         extra = sorted(set(archive.files) - set(model.inputs))
         if missing:
-            raise InputError(f"{path}: no array for model input(s) {missing}; the file has {sorted(archive.files)}")
+            raise InputError(
+                f"{path}: no array for model input(s) {missing}; the file has {sorted(archive.files)}"
+            )
         if extra:
             raise InputError(f"{path}: arrays {extra} are not model inputs ({sorted(model.inputs)})")
         try:
@@ -123,20 +135,27 @@ def _npz_samples(model: Model, path: Path, limit: int) -> Iterator[Sample]:
 
 
 def _parse_list_line(line: str, model: Model, base: Path, where: str) -> dict[str, Path]:
-    tokens = shlex.split(line)
+    try:
+        tokens = shlex.split(line)
+    except ValueError as exc:  # an unclosed quote
+        raise InputError(f"{where}: cannot split the line into file names ({exc})") from None
     names = list(model.inputs)
     files: dict[str, Path] = {}
     for position, token in enumerate(tokens):
         name, sep, file = token.partition(":=")
         if not sep:
             if len(tokens) != len(names):
-                raise InputError(f"{where}: {len(tokens)} file(s) on the line, the model has {len(names)} inputs")
+                raise InputError(
+                    f"{where}: {len(tokens)} file(s) on the line, the model has {len(names)} inputs"
+                )
             name, file = names[position], token
         if name not in model.inputs:
             raise InputError(f"{where}: {name!r} is not a model input ({names})")
         candidate = Path(file) if Path(file).is_absolute() else base / file
         if not candidate.is_file():
-            raise InputError(f"{where}: raw file {file!r} not found (paths are relative to the list's folder)")
+            raise InputError(
+                f"{where}: raw file {file!r} not found (paths are relative to the list's folder)"
+            )
         files[name] = candidate
     if set(files) != set(names):
         raise InputError(f"{where}: missing input(s) {sorted(set(names) - set(files))}")
@@ -158,11 +177,14 @@ def _input_list_samples(model: Model, path: Path, limit: int) -> Iterator[Sample
         sample = {}
         for name, raw in _parse_list_line(line, model, path.parent, where).items():
             info = model.inputs[name]
-            data = np.fromfile(raw, dtype=np.float32)
-            if data.size != int(np.prod(info.shape)):
+            need = int(np.prod(info.shape))
+            size = raw.stat().st_size
+            if size != 4 * need:
                 raise InputError(
-                    f"{raw}: {data.size} float32 values, input {name!r} {info.shape} needs {int(np.prod(info.shape))}"
+                    f"{raw}: {size} bytes; input {name!r} {info.shape} needs {need} float32 values"
+                    f" ({4 * need} bytes)"
                 )
+            data = np.fromfile(raw, dtype=np.float32)
             sample[name] = _fit_sample(data, info, str(raw))
         yield sample
 
@@ -173,7 +195,8 @@ def _random_samples(model: Model, encodings: EncodingSet | None, count: int, see
         sample = {}
         for name, info in model.inputs.items():
             enc = encodings.get(name) if encodings else None
-            lo, hi = (float(enc.min.min()), float(enc.max.max())) if enc is not None and not enc.is_float else (-1.0, 1.0)
+            encoded = enc is not None and not enc.is_float
+            lo, hi = (float(enc.min.min()), float(enc.max.max())) if encoded else (-1.0, 1.0)
             if info.dtype.kind == "f":
                 sample[name] = rng.uniform(lo, hi, size=info.shape).astype(info.dtype)
             else:
@@ -191,7 +214,7 @@ def input_source(
         return InputSource(model, None, samples or 1, seed, encodings)
     p = Path(path)
     if not p.is_file():
-        raise InputError(f"{p}: input file not found")
+        raise not_found(p, "input file")
     source = InputSource(model, p, samples, seed, encodings)
     count = sum(1 for _ in source)
     if count == 0:

@@ -18,6 +18,7 @@ import onnx
 from onnx import numpy_helper
 
 from qdiverge.errors import InputError, UnsupportedError
+from qdiverge.fileio import not_found
 
 CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan"})
 
@@ -116,7 +117,7 @@ def _check_external_data(proto: onnx.ModelProto, base: Path, path: Path) -> None
 
 def _read_proto(path: Path) -> onnx.ModelProto:
     if not path.is_file():
-        raise InputError(f"{path}: model file not found")
+        raise not_found(path, "model file")
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError, ValueError, ... on garbage
@@ -143,7 +144,9 @@ def parse_input_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, tuple[in
             if any(d <= 0 for d in shape):
                 raise ValueError
         except ValueError:
-            raise InputError(f"--input-shape {spec!r}: expected NAME:D1,D2,... with positive integers") from None
+            raise InputError(
+                f"--input-shape {spec!r}: expected NAME:D1,D2,... with positive integers"
+            ) from None
         shapes[name] = shape
     return shapes
 
@@ -178,21 +181,27 @@ def _fix_input_shapes(
         else:
             if any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
                 shown = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims]
+                example = ",".join("1" if not isinstance(s, int) else str(s) for s in shown)
                 raise InputError(
                     f"{path}: input {inp.name!r} has dynamic shape {shown}; fix it with"
-                    f" --input-shape {inp.name}:" + ",".join("1" if not isinstance(s, int) else str(s) for s in shown)
+                    f" --input-shape {inp.name}:{example}"
                 )
             shape = tuple(d.dim_value for d in dims)
         infos[inp.name] = TensorInfo(inp.name, shape, dtype)
     return infos
 
 
-def _fold_constant_nodes(proto: onnx.ModelProto) -> None:
+def _fold_constant_nodes(proto: onnx.ModelProto, path: Path) -> None:
     """Turn ``Constant`` nodes into initializers with the same output name."""
     keep = []
     for node in proto.graph.node:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             attrs = {a.name: _attr_value(a) for a in node.attribute}
+            if len(attrs) != 1 or "sparse_value" in attrs:
+                raise InputError(
+                    f"{path}: Constant node {node.name or node.output[0]!r} needs exactly one dense value"
+                    f" attribute, has {sorted(attrs) or 'none'}"
+                )
             if "value" in attrs:
                 value = np.asarray(attrs["value"])
             else:
@@ -225,6 +234,15 @@ def _topological(nodes: list[onnx.NodeProto], available: set[str], path: Path) -
             ready.update(o for o in node.output if o)
         pending = rest
     return ordered
+
+
+def _check_outputs(proto: onnx.ModelProto, nodes: list[onnx.NodeProto], given: set[str], path: Path) -> None:
+    if not proto.graph.output:
+        raise InputError(f"{path}: the graph declares no outputs")
+    produced = given | {o for n in nodes for o in n.output if o}
+    ghosts = [o.name for o in proto.graph.output if o.name not in produced]
+    if ghosts:
+        raise InputError(f"{path}: graph output(s) {ghosts} are not produced by any node")
 
 
 def _infer_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -263,10 +281,11 @@ def model_from_proto(
             raise UnsupportedError(
                 f"{path}: control-flow op {node.op_type} ({node.name or 'unnamed'}) is not supported"
             )
-    _fold_constant_nodes(proto)
+    _fold_constant_nodes(proto, path)
     initializers = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
     inputs = _fix_input_shapes(proto, path, set(initializers), input_shapes or {})
     ordered = _topological(list(proto.graph.node), set(inputs) | set(initializers), path)
+    _check_outputs(proto, ordered, set(inputs) | set(initializers), path)
     del proto.graph.node[:]
     proto.graph.node.extend(ordered)
 

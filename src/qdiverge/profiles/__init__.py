@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from qdiverge.errors import InputError
+from qdiverge.fileio import not_found
 from qdiverge.profiles.schema import MULTIPLIERS, ROUNDINGS, LutSpec, Profile, RequantSpec
 
 TARGETS_DIR = Path(__file__).parent / "targets"
@@ -47,7 +48,7 @@ def _resolve(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file() or path.suffix in (".yaml", ".yml"):
         if not path.is_file():
-            raise InputError(f"{path}: profile file not found")
+            raise not_found(path, "profile file")
         return path
     candidate = TARGETS_DIR / f"{name_or_path}.yaml"
     if not candidate.is_file():
@@ -113,6 +114,8 @@ def load_profile(name_or_path: str | Path) -> Profile:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read profile ({exc})") from exc
+    except RecursionError:
+        raise InputError(f"{path}: YAML nested too deeply to be a profile") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""

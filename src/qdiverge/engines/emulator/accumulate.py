@@ -23,7 +23,6 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qdiverge.engines.emulator.linear import Epilogue
-from qdiverge.engines.emulator.requant import along_axis
 
 # QuantizeLinear output types (opset 21) by code range
 _CODE_TYPES = {
@@ -35,10 +34,13 @@ _CODE_TYPES = {
 
 
 class OrtSum:
-    """``x`` (codes) -> exact accumulator (float32), or output codes when ``requantizes``; session built lazily."""
+    """``x`` (codes) -> exact accumulator (float32), or int64 output codes when ``requantizes``.
+
+    The session is built on the first call, so binding a graph stays cheap.
+    """
 
     def __init__(self, model: onnx.ModelProto, x_zero: int, feeds: dict[str, np.ndarray], requantizes: bool):
-        self.model = model
+        self.model: onnx.ModelProto | None = model
         self.x_zero = x_zero
         self.feeds = feeds
         self.requantizes = requantizes
@@ -46,12 +48,41 @@ class OrtSum:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self._session is None:
-            from qdiverge.engines.base import make_session  # base imports onnxruntime: only when first run
-
-            self._session = make_session(self.model)
+            assert self.model is not None
+            self._session = _session(self.model)
+            self.model = None  # the session holds the weights now
         # one numpy pass from int64 codes (faster than an ORT Cast + Sub); exact, codes are below 2^24
         centred = np.subtract(x, self.x_zero, dtype=np.float32)
-        return self._session.run(None, {"x": centred, **self.feeds})[0]
+        out = self._session.run(None, {"x": centred, **self.feeds})[0]
+        return out.astype(np.int64) if self.requantizes else out  # codes are int64 between kernels
+
+
+_ARENA = False
+
+
+def _session(model: onnx.ModelProto) -> Any:
+    import onnxruntime as ort  # only when a node first runs
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # a graph has dozens of these small sessions, run one after another between numpy kernels: idle worker
+    # threads must sleep rather than spin (spinning pools stole the cores, 2x slower on 2 cores), and
+    # per-session memory arenas would each keep their largest activation for good
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    import os
+    mode = os.environ.get("ARENA", "0")
+    if mode == "shared":
+        global _ARENA
+        if not _ARENA:
+            ort.create_and_register_allocator(
+                ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT),
+                ort.OrtArenaCfg(0, -1, -1, -1),
+            )
+            _ARENA = True
+        options.add_session_config_entry("session.use_env_allocators", "1")
+    else:
+        options.enable_cpu_mem_arena = mode == "1"
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def _code_type(ep: Epilogue) -> int | None:
@@ -66,81 +97,79 @@ def _code_type(ep: Epilogue) -> int | None:
 
 
 def _session_model(
-    node: onnx.NodeProto, inits: list[onnx.TensorProto], ep: Epilogue, rank: int, axis: int
+    node: onnx.NodeProto, inits: list[onnx.TensorProto], ep: Epilogue, channel_shape: tuple[int, ...]
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
-    """Graph ``x -> node [-> Mul -> Clip -> QuantizeLinear]``; ``node`` reads ``x`` and writes ``acc``."""
+    """Graph ``x -> node [-> Mul -> Clip -> QuantizeLinear]``; ``node`` reads ``x`` and writes ``acc``.
+
+    ``channel_shape`` is how a per-channel multiplier broadcasts against the accumulator.
+    """
     nodes, feeds, out, out_type = [node], {}, "acc", TensorProto.FLOAT
     code_type = _code_type(ep)
     if code_type is not None:
         m = ep.requant.multiplier
-        feeds["m"] = np.ascontiguousarray(along_axis(m, rank, axis)) if m.size > 1 else m.reshape(())
-        nodes.append(helper.make_node("Mul", ["acc", "m"], ["scaled"]))
+        feeds["m"] = m.reshape(channel_shape) if m.size > 1 else m.reshape(())
         z = ep.out_zero_point
         lo, hi = next(r for r, t in _CODE_TYPES.items() if t == code_type)
+        acc = "acc"
+        if ep.qmin == z > lo:
+            # a fused Relu clamps at the zero point: since m > 0, R(acc * m) <= 0 exactly when R(max(acc, 0)
+            # * m) = 0, so the clamp can be a Relu on the accumulator, which onnxruntime fuses into the Conv
+            nodes.append(helper.make_node("Relu", ["acc"], ["acc_relu"]))
+            acc, lo = "acc_relu", z
+        nodes.append(helper.make_node("Mul", [acc, "m"], ["scaled"]))
         source = "scaled"
-        if (ep.qmin, ep.qmax) != (lo, hi):  # a fused Relu/Clip: clamping before rounding to integer bounds
+        if (ep.qmin, ep.qmax) != (lo, hi):  # a fused Clip: clamping before rounding to integer bounds
             inits += [
                 numpy_helper.from_array(np.float32(ep.qmin - z), "lo"),
                 numpy_helper.from_array(np.float32(ep.qmax - z), "hi"),
             ]
             nodes.append(helper.make_node("Clip", ["scaled", "lo", "hi"], ["clipped"]))
             source = "clipped"
-        z_type = helper.tensor_dtype_to_np_dtype(code_type)
         inits += [
             numpy_helper.from_array(np.float32(1.0), "one"),
-            numpy_helper.from_array(np.asarray(z, dtype=z_type), "z"),
+            numpy_helper.from_array(np.asarray(z, dtype=helper.tensor_dtype_to_np_dtype(code_type)), "z"),
         ]
         nodes.append(helper.make_node("QuantizeLinear", [source, "one", "z"], ["y"]))
         out, out_type = "y", code_type
     graph = helper.make_graph(
         nodes,
         "exact_sum",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None] * rank)]
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)]
         + [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in feeds.items()],
         [helper.make_tensor_value_info(out, out_type, None)],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
-    return model, {k: v.astype(np.float32) for k, v in feeds.items()}, code_type is not None
+    feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()}
+    return model, feeds, code_type is not None
 
 
-def _bias_input(ep: Epilogue, requantizes: bool, channels: int) -> np.ndarray | None:
-    """The int32 bias as the node's float32 bias input, when the session requantizes (then it is exact)."""
+def _bias_input(ep: Epilogue, requantizes: bool, channels: int) -> list[onnx.TensorProto]:
+    """The int32 bias as the node's float32 bias input ``b``, when the session requantizes (exact there)."""
     if not requantizes or not np.any(ep.bias):
-        return None
-    return np.broadcast_to(ep.bias, (channels,)).astype(np.float32)
+        return []
+    return [numpy_helper.from_array(np.broadcast_to(ep.bias, (channels,)).astype(np.float32), "b")]
 
 
 def conv_sum(attrs: dict[str, Any], weights: np.ndarray, x_zero: int, ep: Epilogue) -> OrtSum:
     """A Conv with ONNX ``attrs`` and centred float32 ``weights`` (M, C/G, *kernel)."""
-    rank = weights.ndim
-    requantizes = _code_type(ep) is not None
-    bias = _bias_input(ep, requantizes, weights.shape[0])
-    inits = [numpy_helper.from_array(weights, "w")]
-    inputs = ["x", "w"]
-    if bias is not None:
-        inits.append(numpy_helper.from_array(bias, "b"))
-        inputs.append("b")
-    node = helper.make_node("Conv", inputs, ["acc"], **attrs)
-    model, feeds, requantizes = _session_model(node, inits, ep, rank, 1)
+    channels = weights.shape[0]
+    inits = [numpy_helper.from_array(weights, "w"), *_bias_input(ep, _code_type(ep) is not None, channels)]
+    node = helper.make_node("Conv", ["x", "w", "b"][: len(inits) + 1], ["acc"], **attrs)
+    model, feeds, requantizes = _session_model(node, inits, ep, (channels,) + (1,) * (weights.ndim - 2))
     return OrtSum(model, x_zero, feeds, requantizes)
 
 
-def matmul_sum(weights: np.ndarray, x_zero: int, ep: Epilogue, rank: int, trans_a: bool = False) -> OrtSum:
-    """``x @ weights`` for centred float32 ``weights`` (K, N); ``x`` of rank ``rank`` (Gemm: 2, may be
-    transposed)."""
-    requantizes = _code_type(ep) is not None
-    bias = _bias_input(ep, requantizes, weights.shape[1])
+def matmul_sum(weights: np.ndarray, x_zero: int, ep: Epilogue, trans_a: bool | None) -> OrtSum:
+    """``x @ weights`` for centred float32 ``weights`` (K, N): a Gemm (2-D ``x``, transposed if
+    ``trans_a``, with the bias), or with ``trans_a=None`` a MatMul (any rank, no bias)."""
+    channels = weights.shape[1]
     inits = [numpy_helper.from_array(weights, "w")]
-    if rank == 2:
-        inputs = ["x", "w"]
-        if bias is not None:
-            inits.append(numpy_helper.from_array(bias, "b"))
-            inputs.append("b")
-        node = helper.make_node("Gemm", inputs, ["acc"], transA=int(trans_a))
-    else:
-        assert bias is None and not trans_a, "N-D MatMul has no bias and no transpose"
+    if trans_a is None:
         node = helper.make_node("MatMul", ["x", "w"], ["acc"])
-    model, feeds, requantizes = _session_model(node, inits, ep, rank, -1)
+    else:
+        inits += _bias_input(ep, _code_type(ep) is not None, channels)
+        node = helper.make_node("Gemm", ["x", "w", "b"][: len(inits) + 1], ["acc"], transA=int(trans_a))
+    model, feeds, requantizes = _session_model(node, inits, ep, (channels,))
     return OrtSum(model, x_zero, feeds, requantizes)

@@ -96,7 +96,8 @@ def round_to_int(v: np.ndarray, rounding: str) -> np.ndarray:
             r = np.where(tie, t + np.sign(v), r)
         else:
             raise ValueError(f"unknown rounding {rounding!r}")
-    return r.astype(np.int64)
+    # beyond +-2^62 every caller saturates anyway; casting such floats to int64 is undefined (wraps)
+    return np.clip(r, -(2.0**62), 2.0**62).astype(np.int64)
 
 
 def wrap_int32(x: np.ndarray) -> np.ndarray:

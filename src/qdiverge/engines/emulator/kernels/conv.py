@@ -4,8 +4,9 @@
 
 Padded taps contribute 0 (padding with the zero point). The sum is exact (float BLAS under the bound in
 ``linear``); the epilogue adds the int32 bias, applies the accumulator's int32 behaviour and requantizes.
-Grouped convs run as im2col + batched matmul, depthwise convs (one input channel per group) as a loop over
-the kh*kw taps with whole-tensor multiply-adds, ConvTranspose as matmul + col2im scatter-add.
+Under the float32 bound a Conv runs on an onnxruntime float32 Conv (``accumulate``). Under the float64 bound
+grouped convs run as im2col + batched matmul, depthwise convs (one input channel per group) as a loop over
+the kh*kw taps with whole-tensor multiply-adds; ConvTranspose always as matmul + col2im scatter-add.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from qdiverge.engines.emulator.accumulate import OrtSum, conv_sum
 from qdiverge.engines.emulator.linear import (
     Epilogue,
     accumulator_dtype,
@@ -94,6 +96,7 @@ class ConvParams:
     x_zero: int
     dtype: type
     epilogue: Epilogue
+    ort: OrtSum | None = None  # the float32 fast path (lifted to 2-D like ``weights``)
 
 
 def _as_2d(x: np.ndarray, one_d: bool) -> np.ndarray:
@@ -166,19 +169,43 @@ class Conv:
             raise Unsupported("Conv with a non-constant bias")
         depthwise = cg == 1 and g.group > 1
         weights = wz[:, 0] if depthwise else wz.reshape(g.group, m // g.group, -1)
+        x_zero = int(x_enc.zero_point[0])
+        epilogue = make_epilogue(b, x_enc, w_scale, bias, bound)
+        fast = dtype is np.float32
         return ConvParams(
             geometry=g,
             weights=weights.astype(dtype),
             depthwise=depthwise,
-            x_zero=int(x_enc.zero_point[0]),
+            x_zero=x_zero,
             dtype=dtype,
-            epilogue=make_epilogue(b, x_enc, w_scale, bias, bound),
+            epilogue=epilogue,
+            ort=conv_sum(_ort_attrs(g), wz.astype(np.float32), x_zero, epilogue) if fast else None,
         )
 
     @staticmethod
     def run(p: ConvParams, x: np.ndarray, *_constants: np.ndarray) -> np.ndarray:
-        y = p.epilogue(conv_accumulate(p, x), axis=1)
+        if p.ort is None:
+            y = p.epilogue(conv_accumulate(p, x), axis=1)
+        else:
+            y = p.ort(_as_2d(x, p.geometry.one_d))
+            if not p.ort.requantizes:
+                y = p.epilogue(y, axis=1)
         return y[:, :, 0, :] if p.geometry.one_d else y
+
+
+def _ort_attrs(g: ConvGeometry) -> dict[str, object]:
+    """ONNX Conv attributes of the (2-D lifted) geometry."""
+    attrs: dict[str, object] = {
+        "kernel_shape": list(g.kernel),
+        "strides": list(g.strides),
+        "dilations": list(g.dilations),
+        "group": g.group,
+    }
+    if g.auto_pad in ("NOTSET", ""):
+        attrs["pads"] = list(g.pads)
+    else:
+        attrs["auto_pad"] = g.auto_pad
+    return attrs
 
 
 def conv_accumulate(p: ConvParams, x: np.ndarray) -> np.ndarray:

@@ -4,7 +4,8 @@
 
 ``B`` is a constant weight (per-tensor or per-column encoding) or, for MatMul, a second activation. Gemm's
 ``alpha`` joins the real multiplier and ``beta * C`` is the bias, quantized at ``alpha * s_a * s_b``. The
-sum is exact (float BLAS under the ``linear`` bound); output channels are the last axis.
+sum is exact (under the ``linear`` float32 bound on an onnxruntime Gemm/MatMul, ``accumulate``; else float64
+numpy BLAS); output channels are the last axis.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qdiverge.engines.emulator.accumulate import OrtSum, matmul_sum
 from qdiverge.engines.emulator.linear import (
     Epilogue,
     accumulator_dtype,
@@ -33,6 +35,13 @@ class MatMulParams:
     dtype: type
     bound_per_k: float  # max|a - z_a| * max|b - z_b|: the bound is this times K (activation x activation)
     epilogue: Epilogue
+    ort: OrtSum | None = None  # the float32 fast path of a constant weight
+
+
+def _run_ort(p: MatMulParams, a: np.ndarray) -> np.ndarray:
+    assert p.ort is not None
+    y = p.ort(a)
+    return y if p.ort.requantizes else p.epilogue(y, axis=-1)
 
 
 def _constant_b(b: Binding, channel_axis: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -69,18 +78,24 @@ class Gemm:
             bias = np.broadcast_to(beta * np.asarray(c, dtype=np.float64).reshape(-1), (wz.shape[1],))
         bound = code_radius(a_enc) * per_a
         dtype = accumulator_dtype(bound, node.name)
+        a_zero, trans_a = int(a_enc.zero_point[0]), bool(node.attr("transA", 0))
+        epilogue = make_epilogue(b, a_enc, scale, bias, bound, alpha)
+        fast = dtype is np.float32
         return MatMulParams(
             weights=wz.astype(dtype),
-            a_zero=int(a_enc.zero_point[0]),
+            a_zero=a_zero,
             b_zero=0,
-            trans_a=bool(node.attr("transA", 0)),
+            trans_a=trans_a,
             dtype=dtype,
             bound_per_k=0.0,
-            epilogue=make_epilogue(b, a_enc, scale, bias, bound, alpha),
+            epilogue=epilogue,
+            ort=matmul_sum(wz.astype(np.float32), a_zero, epilogue, trans_a) if fast else None,
         )
 
     @staticmethod
     def run(p: MatMulParams, a: np.ndarray, *_constants: np.ndarray) -> np.ndarray:
+        if p.ort is not None:
+            return _run_ort(p, a)
         af = (a.T if p.trans_a else a).astype(p.dtype)
         af -= p.dtype(p.a_zero)
         return p.epilogue(af @ p.weights, axis=-1)
@@ -99,14 +114,18 @@ class MatMul:
         if b.constants[1] is not None:
             wz, scale, per_a = _constant_b(b, 1)
             bound = radius * per_a
+            dtype = accumulator_dtype(bound, b.node.name)
+            a_zero, epilogue = int(a_enc.zero_point[0]), make_epilogue(b, a_enc, scale, None, bound)
+            fast = dtype is np.float32
             return MatMulParams(
-                weights=wz.astype(accumulator_dtype(bound, b.node.name)),
-                a_zero=int(a_enc.zero_point[0]),
+                weights=wz.astype(dtype),
+                a_zero=a_zero,
                 b_zero=0,
                 trans_a=False,
-                dtype=accumulator_dtype(bound, b.node.name),
+                dtype=dtype,
                 bound_per_k=0.0,
-                epilogue=make_epilogue(b, a_enc, scale, None, bound),
+                epilogue=epilogue,
+                ort=matmul_sum(wz.astype(np.float32), a_zero, epilogue, None) if fast else None,
             )
         b_enc = activation_encoding(b.input_encodings[1], "input B")
         shape = b.input_shapes[0]
@@ -125,6 +144,8 @@ class MatMul:
 
     @staticmethod
     def run(p: MatMulParams, a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+        if p.ort is not None:
+            return _run_ort(p, a)
         af = a.astype(p.dtype)
         af -= p.dtype(p.a_zero)
         if p.weights is not None:  # one 2-D BLAS call: numpy's stacked matmul is slow on broadcasts
