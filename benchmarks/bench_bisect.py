@@ -12,7 +12,8 @@
    "warm" reruns with the sessions cached.
 2. A MobileNetV3-Large-size model (``bench_emulator.build_mobilenetv3``, 224x224, seeded weights) with
    encodings calibrated on onnxruntime, written as AIMET 1.0.0 JSON, run through ``qdiverge bisect`` (all
-   default modes: split, layerwise, cumulative) on ``--samples`` random inputs: total wall time.
+   default modes: split, layerwise, cumulative) on ``--samples`` inputs drawn like the calibration data
+   (``--inputs`` .npy): total wall time, loading and report included.
 
 Both numbers depend on the machine's load, printed first (``os.getloadavg``).
 """
@@ -123,8 +124,10 @@ def bench_large(samples: int, workdir: Path) -> None:
     encset = make_encodings(load_model(calib_path), calib)
     encodings = workdir / "mnv3.encodings"
     write_v100(encset, encodings)
+    inputs = workdir / "inputs.npy"  # drawn like the calibration data, so the encodings fit them
+    np.save(inputs, np.random.default_rng(2).normal(0, 1, size=(samples, 3, 224, 224)).astype(np.float32))
     report = workdir / "report.json"
-    argv = ["qdiverge", "-q", "bisect", str(model_path), str(encodings), "--samples", str(samples),
+    argv = ["qdiverge", "-q", "bisect", str(model_path), str(encodings), "--inputs", str(inputs),
             "--format", "json", "-o", str(report)]
     err = io.StringIO()
     t0 = time.perf_counter()

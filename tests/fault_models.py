@@ -10,8 +10,8 @@ differently on the DSP than in the sim, or the same net with the fault removed:
 * ``saturate``: a dead pointwise channel exported with AIMET's minimum weight scale (float32 eps) and a
   large folded bias: ``|b| / (s_in * s_w)`` exceeds int32, so the DSP saturates the bias; the sim adds
   the float bias. Fixed: a normal scale on that channel.
-* ``strided``: stride-2 depthwise Conv -> HardSwish, a sim supergroup with no encoding on the conv
-  output; ``htp`` does not fuse HardSwish after a strided depthwise conv, so the DSP requantizes the conv
+* ``strided``: stride-2 depthwise Conv -> HardSwish as a sim supergroup (no encoding on the conv
+  output); ``htp`` does not fuse HardSwish after a strided depthwise conv, so the DSP requantizes the conv
   output to an encoding the converter derives. Fixed: stride 1 (fused on the target too), or the
   export carries an encoding for the conv output (both sides quantize it the same way).
 

@@ -394,3 +394,189 @@ def test_fused_relu_and_clip_are_integer_clamps():
     fused = Conv.run(Conv.prepare(binding), x)
     assert b.epilogue.bias.size == cout
     np.testing.assert_array_equal(fused, np.clip(plain, y_zp, y_zp + 6))
+
+
+# ---- the onnxruntime fast path (engines/emulator/accumulate.py) against the oracles --------------------
+HTP = load_profile("htp")
+
+
+def _loop_acc(case, problem, x):
+    """The plain-loop accumulator for a case with explicit pads."""
+    _, wq, _, x_zp, _, w_zp, *_ = problem
+    attrs = case["attrs"]
+    return conv_acc_loop(
+        x,
+        x_zp,
+        wq.astype(np.int64) - w_zp,
+        attrs["strides"],
+        attrs.get("dilations", [1, 1]),
+        attrs["pads"],
+        attrs["group"],
+    )
+
+
+@pytest.mark.parametrize("seed", range(16))
+@pytest.mark.parametrize("profile", [ONNX, HTP, TFLITE], ids=lambda p: p.name)
+def test_ort_conv_path_equals_loop_oracle(seed, profile):
+    rng = np.random.default_rng(500 + seed)
+    case = _random_conv_case(rng)
+    case["attrs"].pop("auto_pad", None)
+    case["attrs"].setdefault("pads", [int(v) for v in rng.integers(0, 3, size=4)])
+    problem = _conv_problem(rng, case)
+    x = problem[0].astype(np.int64)
+    params = _prepared_conv(case, problem, profile)
+    assert params.ort is not None and params.ort.requantizes == (profile is ONNX)
+    acc = _loop_acc(case, problem, x)
+    if not params.ort.requantizes:  # the session's raw accumulator is the exact integer sum
+        np.testing.assert_array_equal(params.ort(x).astype(np.int64), acc)
+    # the in-session requantization (onnx) or the numpy epilogue (others) against the integer epilogue
+    np.testing.assert_array_equal(Conv.run(params, x), params.epilogue(acc, axis=1))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_ort_conv_path_auto_pad_equals_numpy_path(seed):
+    rng = np.random.default_rng(600 + seed)
+    case = _random_conv_case(rng)
+    case["attrs"]["auto_pad"] = ["SAME_UPPER", "SAME_LOWER", "VALID"][seed % 3]
+    case["attrs"].pop("pads", None)
+    problem = _conv_problem(rng, case)
+    x = problem[0].astype(np.int64)
+    for profile in (ONNX, HTP):
+        params = _prepared_conv(case, problem, profile)
+        same_dilated = seed % 3 < 2 and max(case["attrs"].get("dilations", [1])) > 1
+        assert (params.ort is None) == same_dilated  # onnxruntime refuses SAME with dilations
+        np.testing.assert_array_equal(
+            Conv.run(params, x), params.epilogue(conv_accumulate(params, x), axis=1)
+        )
+
+
+def test_ort_conv_path_1d_equals_loop_oracle():
+    rng = np.random.default_rng(13)
+    x = _codes(rng, np.uint8, (2, 3, 10))
+    wq = _codes(rng, np.int8, (4, 3, 3))
+    attrs = {"kernel_shape": [3], "pads": [1, 2], "strides": [2]}
+    for profile in (ONNX, HTP):
+        binding = _binding(
+            "Conv",
+            attrs,
+            ("x", "w"),
+            _enc("x", 0.02, 120, np.dtype("uint8")),
+            (wq.astype(np.float32) * np.float32(0.01)).astype(np.float32),
+            _enc("w", 0.01, 0, np.dtype("int8"), param=True),
+            None,
+            _enc("y", 0.3, 128, np.dtype("uint8")),
+            profile,
+        )
+        params = Conv.prepare(binding)
+        assert params.ort is not None
+        acc = conv_acc_loop(
+            x[:, :, None, :], 120, wq[:, :, None, :].astype(np.int64), (1, 2), (1, 1), (0, 1, 0, 2), 1
+        )
+        np.testing.assert_array_equal(
+            Conv.run(params, x.astype(np.int64)), params.epilogue(acc, axis=1)[:, :, 0]
+        )
+
+
+def test_ort_conv_path_chunks_the_batch_exactly(monkeypatch):
+    from qdiverge.engines.emulator import accumulate
+
+    rng = np.random.default_rng(11)
+    case = dict(
+        x_shape=(5, 4, 9, 7),
+        w_shape=(6, 4, 3, 3),
+        attrs={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1], "group": 1},
+        x_dtype=np.dtype("uint8"),
+        w_dtype=np.dtype("int8"),
+        per_channel=True,
+    )
+    problem = _conv_problem(rng, case)
+    x = problem[0].astype(np.int64)
+    for profile in (ONNX, HTP):
+        whole = Conv.run(_prepared_conv(case, problem, profile), x)
+        monkeypatch.setattr(accumulate, "_CHUNK_ELEMENTS", 6 * 9 * 7 * 2)  # two batch items per call
+        params = _prepared_conv(case, problem, profile)
+        Conv.run(params, x[:1])  # learns the output size per item
+        np.testing.assert_array_equal(Conv.run(params, x), whole)
+        np.testing.assert_array_equal(whole, params.epilogue(_loop_acc(case, problem, x), axis=1))
+        monkeypatch.undo()
+
+
+@pytest.mark.parametrize("y_zp", [0, 90, 255])
+def test_ort_conv_path_fused_relu_at_any_zero_point(y_zp):
+    rng = np.random.default_rng(12)
+    case = dict(
+        x_shape=(2, 3, 6, 6),
+        w_shape=(4, 3, 3, 3),
+        attrs={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1], "group": 1},
+        x_dtype=np.dtype("uint8"),
+        w_dtype=np.dtype("int8"),
+        per_channel=False,
+    )
+    x, wq, x_scale, x_zp, w_scale, _, y_scale, _, bias_q = _conv_problem(rng, case)
+    relu = Node(1, "relu", "Relu", "", ("y",), ("z",), {})
+    binding = _binding(
+        "Conv",
+        case["attrs"],
+        ("x", "w", "b"),
+        _enc("x", x_scale, x_zp, case["x_dtype"]),
+        (wq.astype(np.float32) * w_scale[0]).astype(np.float32),
+        _enc("w", w_scale, 0, case["w_dtype"], param=True),
+        (bias_q * (np.float64(x_scale) * np.float64(w_scale[0]))).astype(np.float32),
+        _enc("y", y_scale, y_zp, case["x_dtype"]),
+        ONNX,
+        fused=(relu,),
+        fused_constants=([None],),
+    )
+    params = Conv.prepare(binding)
+    assert params.ort is not None and params.ort.requantizes
+    acc = conv_acc_loop(x, x_zp, wq.astype(np.int64), (1, 1), (1, 1), (1, 1, 1, 1), 1)
+    expected = params.epilogue(acc, axis=1)
+    np.testing.assert_array_equal(Conv.run(params, x.astype(np.int64)), expected)
+    assert expected.min() == max(y_zp, 0)  # the clamp is active
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("profile", [ONNX, HTP], ids=lambda p: p.name)
+def test_ort_gemm_and_matmul_paths_equal_int64_oracle(seed, profile):
+    from qdiverge.engines.emulator.kernels.matmul import Gemm
+
+    rng = np.random.default_rng(700 + seed)
+    a, bq, a_scale, a_zp, b_scale, _, y_scale, y_zp = _matmul_problem(rng, np.uint8, np.int8, seed % 2 == 0)
+    a2 = a[0]  # (M, K)
+    b_float = (bq.astype(np.float32) * b_scale[None, :]).astype(np.float32)
+    per_channel = b_scale.size > 1
+    a_enc, y_enc = _enc("a", a_scale, a_zp, np.dtype("uint8")), _enc("y", y_scale, y_zp, np.dtype("uint8"))
+    trans_a = seed % 3 == 0
+    bias = rng.normal(0, 0.5, size=bq.shape[1]).astype(np.float32)
+    gemm = Gemm.prepare(
+        _binding(
+            "Gemm",
+            {"transA": int(trans_a)},
+            ("a", "w", "b"),
+            a_enc,
+            b_float,
+            _enc("w", b_scale, 0, np.dtype("int8"), axis=1 if per_channel else None, param=True),
+            bias,
+            y_enc,
+            profile,
+        )
+    )
+    matmul = MatMul.prepare(
+        _binding(
+            "MatMul",
+            {},
+            ("a", "w"),
+            a_enc,
+            b_float,
+            _enc("w", b_scale, 0, np.dtype("int8"), axis=1 if per_channel else None, param=True),
+            None,
+            y_enc,
+            profile,
+        )
+    )
+    assert gemm.ort is not None and matmul.ort is not None
+    acc = (a2.astype(np.int64) - a_zp) @ bq.astype(np.int64)  # exact in int64
+    a_in = np.ascontiguousarray(a2.T) if trans_a else a2
+    np.testing.assert_array_equal(Gemm.run(gemm, a_in.astype(np.int64)), gemm.epilogue(acc, axis=-1))
+    acc3 = (a.astype(np.int64) - a_zp) @ bq.astype(np.int64)
+    np.testing.assert_array_equal(MatMul.run(matmul, a.astype(np.int64)), matmul.epilogue(acc3, axis=-1))

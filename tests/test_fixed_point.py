@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qdiverge.encodings.schema import make_encoding
 from qdiverge.engines.emulator import fixed_point as fx
-from qdiverge.engines.emulator.requant import apply_requant, prepare_requant
+from qdiverge.engines.emulator.requant import apply_requant, prepare_requant, quantize_float
 from qdiverge.profiles.schema import RequantSpec
 
 
@@ -115,3 +116,56 @@ def test_every_form_stays_in_range(acc, m, form, rounding):
     )
     got = apply_requant(np.array(acc, dtype=np.int64), prepare_requant(np.array([m]), spec, 7), 0, 255)
     assert got.min() >= 0 and got.max() <= 255
+
+
+def _round_fraction(fr: Fraction, rounding: str) -> int:
+    """The documented tie rules, on exact rationals (independent of fixed_point's integer tricks)."""
+    if rounding == "half_up":
+        return math.floor(fr + Fraction(1, 2))
+    if rounding == "half_away":
+        return int(math.copysign(math.floor(abs(fr) + Fraction(1, 2)), fr))
+    if rounding == "half_even":
+        return round(fr)  # Fraction.__round__ is round-half-even
+    return math.floor(fr) if rounding == "floor" else math.trunc(fr)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    acc=st.lists(st.integers(-(2**31), 2**31 - 1), min_size=1, max_size=8),
+    m=st.floats(1e-6, 0.999, allow_nan=False),
+    zp=st.integers(-128, 127),
+    rounding=st.sampled_from(["half_up", "half_away", "half_even", "floor", "trunc"]),
+)
+def test_q31_double_rounding_equals_exact_rational(acc, m, zp, rounding):
+    # gemmlowp: SRDHM (half up on x * qm / 2^31), then the profile's rule on a division by 2^right
+    spec = RequantSpec(multiplier="q31", rounding=rounding, double_rounding=True)
+    params = prepare_requant(np.array([m]), spec, zp)
+    got = apply_requant(np.array(acc, dtype=np.int64), params, -128, 127)
+    qm, right = int(params.multiplier[0]), int(params.right_shift[0])
+    assert int(params.left_shift[0]) == 0  # m < 1
+    for a, y in zip(acc, got.tolist(), strict=True):
+        high = _rhu(Fraction(a * qm, 2**31))
+        exact = _round_fraction(Fraction(high, 2**right), rounding) + zp
+        assert y == min(127, max(-128, exact))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    x=st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1, max_size=8),
+    bw=st.integers(2, 16),
+    signed=st.booleans(),
+    scale=st.floats(float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max), width=32),
+    offset_frac=st.floats(0.0, 1.0),
+    rounding=st.sampled_from(["half_up", "half_away", "half_even", "floor", "trunc"]),
+)
+def test_quantize_float_saturates_and_rounds_exactly(x, bw, signed, scale, offset_frac, rounding):
+    # any finite float32, even x / s far beyond int64, lands in [qmin, qmax] (the cast must not wrap)
+    steps = (1 << bw) - 1
+    offset = -round(offset_frac * steps)
+    enc = make_encoding("t", bw, scale, offset, signed=signed)
+    with np.errstate(over="ignore", invalid="ignore"):  # float32 overflow to inf is part of the arithmetic
+        got = quantize_float(np.array(x, dtype=np.float32), enc, rounding).tolist()
+        quotients = np.array(x, dtype=np.float32) / np.float32(scale)  # the documented float32 division
+    for q, y in zip(quotients.tolist(), got, strict=True):
+        r = _round_fraction(Fraction(q), rounding) if math.isfinite(q) else (steps + 1) * (1 if q > 0 else -1)
+        assert y == min(steps, max(0, r - offset)) + enc.qmin

@@ -18,7 +18,7 @@ from cli_harness import qdiverge
 from encodings_fixtures import SMALL_NET, v100, write
 from onnx_builders import save, small_net
 
-import qdiverge.runner
+from qdiverge import runner
 from qdiverge.errors import InputError
 from qdiverge.fileio import atomic_write, atomic_write_text
 from qdiverge.loading.model import load_model
@@ -73,7 +73,7 @@ def test_keyboard_interrupt_exits_130_without_output(tmp_path, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(qdiverge.runner, "run_engine", interrupted)
+    monkeypatch.setattr(runner, "run_engine", interrupted)
     model, enc = save(small_net(), tmp_path), write(v100(SMALL_NET), tmp_path)
     result = qdiverge("run", model, enc, "-o", tmp_path / "out.npz")
     assert result.code == 130
@@ -125,17 +125,20 @@ def test_typo_in_the_model_path_suggests_the_right_file(tmp_path):
     model, enc = save(small_net(), tmp_path), write(v100(SMALL_NET), tmp_path)
     result = qdiverge("check", tmp_path / "mdoel.onnx", enc)
     assert result.code == 2
-    assert result.lines == [f"error: {tmp_path / 'mdoel.onnx'}: model file not found; did you mean {str(model)!r}?"]
+    typo = tmp_path / "mdoel.onnx"
+    assert result.lines == [f"error: {typo}: model file not found; did you mean {str(model)!r}?"]
 
 
 def test_typo_in_a_folder_says_which_folder_is_missing(tmp_path):
-    result = qdiverge("check", tmp_path / "modles" / "model.onnx", tmp_path / "model.encodings")
+    enc = write(v100(SMALL_NET), tmp_path)
+    result = qdiverge("check", tmp_path / "modles" / "model.onnx", enc)
     assert result.code == 2
     assert "folder" in result.lines[0] and "modles" in result.lines[0] and "does not exist" in result.lines[0]
 
 
 def test_encodings_of_another_model_say_which_file_to_give():
-    result = qdiverge("check", FIXTURES / "mbv3_pc_sym" / "model.onnx", FIXTURES / "mix_pt_asym" / "model.encodings")
+    model, encodings = FIXTURES / "mbv3_pc_sym" / "model.onnx", FIXTURES / "mix_pt_asym" / "model.encodings"
+    result = qdiverge("check", model, encodings)
     assert result.code == 2 and len(result.lines) == 1
     line = result.lines[0]
     assert "are not in the model" in line and "mbv3_pc_sym/model.onnx" in line
@@ -148,7 +151,7 @@ def _as_old_aimet(data: dict) -> dict:
     old = {}
     for section in ("activation_encodings", "param_encodings"):
         old[section] = {
-            name: [{k: (int(v) if k == "offset" else v) for k, v in ch.items() if k != "dtype"} for ch in chans]
+            name: [{k: int(v) if k == "offset" else v for k, v in c.items() if k != "dtype"} for c in chans]
             for name, chans in data[section].items()
         }
     return old
@@ -160,7 +163,8 @@ def test_old_aimet_061_file_still_works(tmp_path):
     shutil.copy(case / "model.onnx", tmp_path)
     shutil.copy(case / "model.data", tmp_path)
     old = write(_as_old_aimet(data), tmp_path, "old.encodings")
-    new = qdiverge("-q", "run", tmp_path / "model.onnx", case / "model-0.6.1.encodings", "-o", tmp_path / "a.npz")
+    current = case / "model-0.6.1.encodings"
+    new = qdiverge("-q", "run", tmp_path / "model.onnx", current, "-o", tmp_path / "a.npz")
     got = qdiverge("-q", "run", tmp_path / "model.onnx", old, "-o", tmp_path / "b.npz")
     assert new.code == 0 and got.code == 0, got.stderr
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")

@@ -47,6 +47,7 @@ METRICS: dict[str, tuple[str, bool]] = {
 # Every finite float64 is m * 2^(e - 53) with |m| < 2^53 and e >= -1073 (np.frexp), so an integer
 # multiple of 2^-_SCALE_BITS.
 _SCALE_BITS = 1126
+LSB_SNAP = 1e-3  # |x - round(x)| below this (in LSB) is float32 round-off, not a real fraction
 # Per exponent bin the high (< 2^27) and low (< 2^26) mantissa parts are summed in float64 by
 # bincount; the sums stay exact integers while count * 2^27 <= 2^53.
 _CHUNK = 1 << 26
@@ -221,6 +222,10 @@ class MetricsAccumulator:
             self.max_abs = max(self.max_abs, float(diff.max()), key=_nan_first)
         if self.encoding is not None:
             lsb = diff / self._scales(ref.shape)
+            # two float32 values on one grid differ by a whole number of steps; snap the float32 round-off
+            # (~1e-6 LSB) so a 1-code difference reads as exactly 1 LSB
+            whole = np.rint(lsb)
+            lsb = np.where(np.abs(lsb - whole) < LSB_SNAP, whole, lsb)
             self.lsb.add(lsb)
             if lsb.size:
                 self.max_lsb = max(self.max_lsb, float(lsb.max()), key=_nan_first)

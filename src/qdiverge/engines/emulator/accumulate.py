@@ -16,6 +16,7 @@ and the numpy ``Epilogue`` finishes.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -33,56 +34,86 @@ _CODE_TYPES = {
 }
 
 
+# rows (batch items) per session call: at most about this many output elements, so the session's float32
+# intermediates (NCHWc copies, products) stay a few MB instead of several times the int64 output
+_CHUNK_ELEMENTS = 1 << 20
+
+
 class OrtSum:
     """``x`` (codes) -> exact accumulator (float32), or int64 output codes when ``requantizes``.
 
-    The session is built on the first call, so binding a graph stays cheap.
+    The session is built on the first call, so binding a graph stays cheap. Rows along axis 0 are
+    independent (batch items, or Gemm rows) unless ``chunkable`` is False (a transposed Gemm input).
     """
 
-    def __init__(self, model: onnx.ModelProto, x_zero: int, feeds: dict[str, np.ndarray], requantizes: bool):
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        x_zero: int,
+        feeds: dict[str, np.ndarray],
+        requantizes: bool,
+        chunkable: bool = True,
+    ):
         self.model: onnx.ModelProto | None = model
         self.x_zero = x_zero
         self.feeds = feeds
         self.requantizes = requantizes
+        self.chunkable = chunkable
         self._session: Any = None
+        self._row_size: dict[tuple[int, ...], int] = {}  # output elements per input row, by row shape
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        # one numpy pass from int64 codes (faster than an ORT Cast + Sub); exact, codes are below 2^24
+        centred = np.subtract(x, self.x_zero, dtype=np.float32)
+        return self._session.run(None, {"x": centred, **self.feeds})[0]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self._session is None:
             assert self.model is not None
             self._session = _session(self.model)
             self.model = None  # the session holds the weights now
-        # one numpy pass from int64 codes (faster than an ORT Cast + Sub); exact, codes are below 2^24
-        centred = np.subtract(x, self.x_zero, dtype=np.float32)
-        out = self._session.run(None, {"x": centred, **self.feeds})[0]
-        return out.astype(np.int64) if self.requantizes else out  # codes are int64 between kernels
+        dtype = np.int64 if self.requantizes else np.float32  # codes are int64 between kernels
+        n, key = x.shape[0], x.shape[1:]
+        if not self.chunkable or n == 1 or self._row_size.get(key, n) * n <= _CHUNK_ELEMENTS:
+            out = self._run(x)
+            if self.chunkable and n:
+                self._row_size[key] = out.size // n
+            return out.astype(dtype, copy=False)
+        rows = max(1, _CHUNK_ELEMENTS // max(self._row_size[key], 1))
+        out = None
+        for i in range(0, n, rows):
+            part = self._run(x[i : i + rows])
+            if out is None:
+                out = np.empty((n, *part.shape[1:]), dtype=dtype)
+            out[i : i + rows] = part
+        return out
 
 
-_ARENA = False
+_ARENA_REGISTERED = False
 
 
 def _session(model: onnx.ModelProto) -> Any:
     import onnxruntime as ort  # only when a node first runs
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    # a graph has dozens of these small sessions, run one after another between numpy kernels: idle worker
-    # threads must sleep rather than spin (spinning pools stole the cores, 2x slower on 2 cores), and
-    # per-session memory arenas would each keep their largest activation for good
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    import os
-    mode = os.environ.get("ARENA", "0")
-    if mode == "shared":
-        global _ARENA
-        if not _ARENA:
+    global _ARENA_REGISTERED
+    if not _ARENA_REGISTERED:
+        # one memory arena for all these sessions: a per-session arena would keep each node's largest
+        # buffers for good (2x the peak RSS), no arena costs page faults on every large buffer
+        with contextlib.suppress(Exception):  # already registered in this process: share that one
             ort.create_and_register_allocator(
                 ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT),
                 ort.OrtArenaCfg(0, -1, -1, -1),
             )
-            _ARENA = True
-        options.add_session_config_entry("session.use_env_allocators", "1")
-    else:
-        options.enable_cpu_mem_arena = mode == "1"
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        _ARENA_REGISTERED = True
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.use_env_allocators", "1")
+    # a graph has dozens of these sessions, run one after another between numpy kernels: idle worker
+    # threads must sleep rather than spin (spinning pools stole the cores, 2x slower on 2 cores)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session._model_bytes = None  # ORT keeps the serialized model only to rebuild on a provider fallback
+    return session
 
 
 def _code_type(ep: Epilogue) -> int | None:
@@ -172,4 +203,4 @@ def matmul_sum(weights: np.ndarray, x_zero: int, ep: Epilogue, trans_a: bool | N
         inits += _bias_input(ep, _code_type(ep) is not None, channels)
         node = helper.make_node("Gemm", ["x", "w", "b"][: len(inits) + 1], ["acc"], transA=int(trans_a))
     model, feeds, requantizes = _session_model(node, inits, ep, (channels,))
-    return OrtSum(model, x_zero, feeds, requantizes)
+    return OrtSum(model, x_zero, feeds, requantizes, chunkable=not trans_a)

@@ -1,7 +1,8 @@
 """What Conv, ConvTranspose, Gemm and MatMul share: weight and bias quantization, the exact-accumulation
 bound, and the epilogue (bias, int32 accumulator, requantization, fused activation).
 
-Accumulation runs on float BLAS because it is fast and, under a bound, exact: every product and partial
+Accumulation runs on float kernels (onnxruntime's under the float32 bound, see ``accumulate``; numpy BLAS
+otherwise) because they are fast and, under a bound, exact: every product and partial
 sum is an integer of magnitude at most ``max|x - z_x| * max_c sum|w_c - z_w|``. Below ``2^24`` float32
 holds all of them exactly whatever order BLAS sums in; below ``2^53`` float64 does. ``prepare`` computes
 the bound from the actual weights and the input encoding's code range and picks the dtype.
@@ -150,6 +151,16 @@ def stacked_matmul(w: np.ndarray, x: np.ndarray) -> np.ndarray:
         for j in range(g):
             np.matmul(w[j], x[i, j], out=out[i, j])
     return out
+
+
+def compact_ints(a: np.ndarray) -> np.ndarray:
+    """``a`` (integers) in the smallest signed integer dtype that holds it: weights kept for reference
+    only (the onnxruntime path holds its own float32 copy) cost 1-2 bytes per value, not 4-8."""
+    for dtype in (np.int8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if a.size == 0 or (info.min <= a.min() and a.max() <= info.max):
+            return a.astype(dtype)
+    return a
 
 
 def accumulator_dtype(bound: float, what: str) -> type:

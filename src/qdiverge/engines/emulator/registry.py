@@ -9,7 +9,8 @@ finds it. A kernel has two pure static methods:
   to float, visibly).
 * ``run(params, *inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]``: integer codes in
   (storage domain, int64 arrays; non-encoded inputs such as int64 indices arrive as-is), integer
-  codes out. No ONNX protos, no I/O, no globals.
+  codes out. No ONNX protos, no I/O, no globals. A kernel with ``reads_constants = False`` receives
+  ``None`` for its constant inputs (it prepared them from ``Binding.constants``).
 """
 
 from __future__ import annotations

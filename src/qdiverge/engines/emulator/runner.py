@@ -270,8 +270,15 @@ class Emulator:
         except registry.Unsupported as exc:
             return self._fall_back(step, str(exc))
         step.kernel = kernel
+        # a kernel that took its constants (weights) from the binding gets None for them: no int64 copy
+        reads_constants = getattr(kernel, "reads_constants", True)
         step.args = tuple(
-            None if not n else self._constant(n) if model.is_constant(n) else _Arg(n) for n in names
+            None
+            if not n or (model.is_constant(n) and not reads_constants)
+            else self._constant(n)
+            if model.is_constant(n)
+            else _Arg(n)
+            for n in names
         )
 
     def _fall_back(self, step: Step, reason: str) -> None:

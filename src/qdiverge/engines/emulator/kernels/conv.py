@@ -11,7 +11,7 @@ the kh*kw taps with whole-tensor multiply-adds; ConvTranspose always as matmul +
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -22,6 +22,7 @@ from qdiverge.engines.emulator.linear import (
     accumulator_dtype,
     activation_encoding,
     code_radius,
+    compact_ints,
     make_epilogue,
     quantized_weights,
     stacked_matmul,
@@ -92,6 +93,7 @@ def _conv_pads(g: ConvGeometry, h: int, w: int) -> tuple[int, int, int, int]:
 class ConvParams:
     geometry: ConvGeometry
     weights: np.ndarray  # (G, Mg, Cg*kh*kw) for im2col, (M, kh, kw) for depthwise; w - z_w in acc dtype
+    # (compact ints when ``ort`` is set: then only ``conv_accumulate`` reads them)
     depthwise: bool
     x_zero: int
     dtype: type
@@ -149,6 +151,7 @@ def _im2col_matmul(xp: np.ndarray, p: ConvParams, out_hw: tuple[int, int]) -> np
 @kernel("Conv")
 class Conv:
     fuses = True  # applies Binding.fused activations in its epilogue
+    reads_constants = False  # weights and bias are prepared from the binding
 
     @staticmethod
     def prepare(b: Binding) -> ConvParams:
@@ -171,10 +174,11 @@ class Conv:
         weights = wz[:, 0] if depthwise else wz.reshape(g.group, m // g.group, -1)
         x_zero = int(x_enc.zero_point[0])
         epilogue = make_epilogue(b, x_enc, w_scale, bias, bound)
-        fast = dtype is np.float32
+        # onnxruntime refuses SAME auto-padding with dilations; those few convs stay on numpy
+        fast = dtype is np.float32 and not (g.auto_pad.startswith("SAME") and g.dilations != (1, 1))
         return ConvParams(
             geometry=g,
-            weights=weights.astype(dtype),
+            weights=compact_ints(weights) if fast else weights.astype(dtype),
             depthwise=depthwise,
             x_zero=x_zero,
             dtype=dtype,
@@ -211,6 +215,7 @@ def _ort_attrs(g: ConvGeometry) -> dict[str, object]:
 def conv_accumulate(p: ConvParams, x: np.ndarray) -> np.ndarray:
     """The exact sum ``sum (x - z_x)(w - z_w)`` of a prepared Conv (2-D layout, float dtype ``p.dtype``)."""
     g = p.geometry
+    p = replace(p, weights=p.weights.astype(p.dtype, copy=False))
     x = _as_2d(x, g.one_d)
     xp = _padded(x, p.x_zero, p.dtype, _conv_pads(g, x.shape[2], x.shape[3]))
     out_hw = tuple(
@@ -262,6 +267,7 @@ def _transpose_pads(
 @kernel("ConvTranspose")
 class ConvTranspose:
     fuses = True  # applies Binding.fused activations in its epilogue
+    reads_constants = False  # weights and bias are prepared from the binding
 
     @staticmethod
     def prepare(b: Binding) -> ConvTransposeParams:

@@ -20,6 +20,7 @@ from qdiverge.engines.emulator.linear import (
     accumulator_dtype,
     activation_encoding,
     code_radius,
+    compact_ints,
     make_epilogue,
     quantized_weights,
 )
@@ -28,7 +29,8 @@ from qdiverge.engines.emulator.registry import Binding, Unsupported, kernel
 
 @dataclass(frozen=True)
 class MatMulParams:
-    weights: np.ndarray | None  # (K, N) ``b - z_b`` in acc dtype; None when B is an activation
+    weights: np.ndarray | None  # (K, N) ``b - z_b`` in acc dtype (unused compact ints when ``ort`` is set);
+    # None when B is an activation
     a_zero: int
     b_zero: int
     trans_a: bool
@@ -59,6 +61,7 @@ def _constant_b(b: Binding, channel_axis: int) -> tuple[np.ndarray, np.ndarray, 
 @kernel("Gemm")
 class Gemm:
     fuses = True  # applies Binding.fused activations in its epilogue
+    reads_constants = False  # weights and bias are prepared from the binding
 
     @staticmethod
     def prepare(b: Binding) -> MatMulParams:
@@ -82,7 +85,7 @@ class Gemm:
         epilogue = make_epilogue(b, a_enc, scale, bias, bound, alpha)
         fast = dtype is np.float32
         return MatMulParams(
-            weights=wz.astype(dtype),
+            weights=compact_ints(wz) if fast else wz.astype(dtype),
             a_zero=a_zero,
             b_zero=0,
             trans_a=trans_a,
@@ -104,6 +107,7 @@ class Gemm:
 @kernel("MatMul")
 class MatMul:
     fuses = True  # applies Binding.fused activations in its epilogue
+    reads_constants = False  # weights and bias are prepared from the binding
 
     @staticmethod
     def prepare(b: Binding) -> MatMulParams:
@@ -118,7 +122,7 @@ class MatMul:
             a_zero, epilogue = int(a_enc.zero_point[0]), make_epilogue(b, a_enc, scale, None, bound)
             fast = dtype is np.float32
             return MatMulParams(
-                weights=wz.astype(dtype),
+                weights=compact_ints(wz) if fast else wz.astype(dtype),
                 a_zero=a_zero,
                 b_zero=0,
                 trans_a=False,
