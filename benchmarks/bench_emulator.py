@@ -6,11 +6,11 @@ Builds a MobileNetV3-Large-shaped network (seeded random weights, BN folded: 15 
 HardSwish / HardSigmoid, 224x224 input), derives per-tensor uint8 activation encodings from min/max over a
 calibration batch on onnxruntime, int8 symmetric per-channel weights, then times ``Emulator.run`` (``onnx``
 profile) and an onnxruntime session on the QDQ model (int weights, int32 bias, so ORT fuses QLinear* ops)
-at the same batch, interleaved in the same process (both see the same machine load; the load average is
-printed: on a shared machine, compare the median ratio too). Peak memory is the VmHWM of one fresh
-subprocess per engine that builds only that engine, runs it once to warm up (lazy sessions, arenas), resets
-the high-water mark and runs it again; the resident size after imports (the same modules in both) is
-printed too, so the engine's own share can be compared.
+at the same batch in the same process, in alternating blocks of runs (both see the same machine load;
+the load average is printed: on a shared machine, compare the median ratio too). Peak memory is the VmHWM
+of one fresh subprocess per engine that builds only that engine, runs it once to warm up (lazy sessions,
+arenas), resets the high-water mark and runs it again; the resident size after imports (the same modules
+in both) is printed too, so the engine's own share can be compared.
 
 Agreement: with the ``onnx`` profile the emulator is bit-exact against ORT's fused QDQ model on every
 tensor. Two differences of the *setup*, not of the arithmetic, used to show as up to 37 LSB on the logits:
@@ -297,15 +297,20 @@ def main() -> None:
             fn()  # warm-up
         load_before = os.getloadavg()[0]
         times: dict[str, list[float]] = {"emulate": [], "ort": []}
-        for _ in range(args.repeat):  # interleaved, so both see the same machine load
+        cpu: dict[str, list[float]] = {"emulate": [], "ort": []}  # all threads: less sensitive to load
+        # blocks of runs, alternated twice, so both engines see the same machine load; not run by run: ORT's
+        # worker threads spin after each run (its default) and would slow the emulator's next run
+        for _ in range(2):
             for key, fn in run.items():
-                t0 = time.perf_counter()
-                fn()
-                times[key].append(time.perf_counter() - t0)
+                for _ in range(args.repeat):
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    fn()
+                    times[key].append(time.perf_counter() - t0)
+                    cpu[key].append(time.process_time() - c0)
         best = {k: min(v) for k, v in times.items()}
         median = {k: float(np.median(v)) for k, v in times.items()}
         print(
-            f"batch {args.batch}, {args.repeat} interleaved repeats, load average {load_before:.2f} -> "
+            f"batch {args.batch}, 2 x {args.repeat} runs each, load average {load_before:.2f} -> "
             f"{os.getloadavg()[0]:.2f} ({os.cpu_count()} cpus)"
         )
         print(
@@ -315,6 +320,11 @@ def main() -> None:
         print(
             f"  time ratio emulator/ORT: {best['emulate'] / best['ort']:.2f} best, "
             f"{median['emulate'] / median['ort']:.2f} median"
+        )
+        c_emu, c_ort = (float(np.median(cpu[k])) for k in ("emulate", "ort"))
+        print(
+            f"  CPU time per run (all threads, median): emulator {c_emu * 1e3:.0f} ms, "
+            f"onnxruntime QDQ {c_ort * 1e3:.0f} ms, ratio {c_emu / c_ort:.2f}"
         )
         print(_agreement(run["emulate"]()["logits"].codes, run["ort"]()[0], encset.activations["logits"]))
         mem = {}

@@ -580,3 +580,32 @@ def test_ort_gemm_and_matmul_paths_equal_int64_oracle(seed, profile):
     np.testing.assert_array_equal(Gemm.run(gemm, a_in.astype(np.int64)), gemm.epilogue(acc, axis=-1))
     acc3 = (a.astype(np.int64) - a_zp) @ bq.astype(np.int64)
     np.testing.assert_array_equal(MatMul.run(matmul, a.astype(np.int64)), matmul.epilogue(acc3, axis=-1))
+
+
+@pytest.mark.parametrize("form", ["q31", "q31_unnormalized"])
+def test_apply_requant_in_place_equals_python_ints(form):
+    from qdiverge.engines.emulator.requant import apply_requant, prepare_requant
+    from qdiverge.profiles.schema import RequantSpec
+
+    rng = np.random.default_rng(14)
+    # per channel: powers of two make exact ties (x / 4 at x = 2 mod 4), > 1 makes left shifts (unnormalized)
+    m = np.array([0.25, 0.125, 1 / 16, rng.uniform(0.01, 0.3), 1.5])
+    params = prepare_requant(m, RequantSpec(multiplier=form, rounding="half_up"), 7)
+    acc = rng.integers(-500, 500, size=(2, 5, 3, 4))  # mostly inside the clamp
+    mult, left, right = (
+        np.broadcast_to(v, 5) for v in (params.multiplier, params.left_shift, params.right_shift)
+    )
+
+    def one(v: int, c: int) -> int:  # floor((v * 2^left * qm + 2^(right - 1)) / 2^right) + 7, clamped
+        wrapped = (int(v) << int(left[c])) & 0xFFFFFFFF
+        wrapped -= (wrapped >> 31) << 32  # int32 wrap of the left shift
+        prod, shift = wrapped * int(mult[c]), int(right[c])
+        return min(127, max(-128, ((prod + (1 << shift >> 1)) >> shift) + 7))
+
+    expected = np.array(
+        [[[[one(v, c) for v in row] for row in plane] for c, plane in enumerate(img)] for img in acc]
+    )
+    kept = acc.copy()
+    np.testing.assert_array_equal(apply_requant(acc, params, -128, 127), expected)
+    np.testing.assert_array_equal(acc, kept)  # not overwritten by default
+    np.testing.assert_array_equal(apply_requant(acc, params, -128, 127, overwrite=True), expected)

@@ -195,7 +195,9 @@ class OrtGraphEngine:
             computed = [o for o in internal_out if o not in internal_in]
             types = {self.internal(n): np.asarray(v).dtype for n, v in cut_feeds.items()}
             sub = extract_suffix(self._proto, internal_in, computed, types) if computed else None
-            session = make_session(sub, optimize=self._optimize) if sub is not None else None
+            # one thread: every cut keeps a session, and one intra-op pool (spinning threads) per session
+            # made split mode ~10x slower on a busy 2-core machine (benchmarks/bench_bisect.py)
+            session = make_session(sub, threads=1, optimize=self._optimize) if sub is not None else None
             self._suffix[key] = session
         results: dict[str, np.ndarray] = {n: np.asarray(cut_feeds[n]) for n in passthrough}
         if session is not None:

@@ -23,6 +23,8 @@ FORMATS = {
     "junit": "junit",
     "html": "html",
 }
+# formats whose rows --top limits (read on a terminal); files for tools always carry every layer
+TOP_FORMATS = ("table", "markdown")
 
 
 def render(report: Report, fmt: str, top: int | None = None) -> str:
@@ -34,8 +36,12 @@ def render(report: Report, fmt: str, top: int | None = None) -> str:
 
 
 def write_report(report: Report, fmt: str, path: str | Path | None = None, top: int | None = None) -> None:
-    """Render ``report`` as ``fmt`` to ``path`` (atomically), or to stdout when ``path`` is None."""
-    text = render(report, fmt, top)
+    """Render ``report`` as ``fmt`` to ``path`` (atomically), or to stdout when ``path`` is None.
+
+    ``top`` (the CLI's ``--top``) shortens only the formats people read on a terminal (``TOP_FORMATS``);
+    CSV, HTML, JSON and JUnit always carry every layer.
+    """
+    text = render(report, fmt, top if fmt in TOP_FORMATS else None)
     if path is None:
         sys.stdout.write(text)
         sys.stdout.flush()

@@ -40,7 +40,8 @@ _CHUNK_ELEMENTS = 1 << 20
 
 
 class OrtSum:
-    """``x`` (codes) -> exact accumulator (float32), or int64 output codes when ``requantizes``.
+    """``x`` (codes, any integer dtype) -> exact accumulator (float32), or output codes (the narrow
+    QuantizeLinear type, e.g. uint8) when ``requantizes``.
 
     The session is built on the first call, so binding a graph stays cheap. Rows along axis 0 are
     independent (batch items, or Gemm rows) unless ``chunkable`` is False (a transposed Gemm input).
@@ -63,7 +64,7 @@ class OrtSum:
         self._row_size: dict[tuple[int, ...], int] = {}  # output elements per input row, by row shape
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        # one numpy pass from int64 codes (faster than an ORT Cast + Sub); exact, codes are below 2^24
+        # one numpy pass from integer codes (faster than an ORT Cast + Sub); exact, codes are below 2^24
         centred = np.subtract(x, self.x_zero, dtype=np.float32)
         return self._session.run(None, {"x": centred, **self.feeds})[0]
 
@@ -72,19 +73,19 @@ class OrtSum:
             assert self.model is not None
             self._session = _session(self.model)
             self.model = None  # the session holds the weights now
-        dtype = np.int64 if self.requantizes else np.float32  # codes are int64 between kernels
         n, key = x.shape[0], x.shape[1:]
-        if not self.chunkable or n == 1 or self._row_size.get(key, n) * n <= _CHUNK_ELEMENTS:
+        small = n == 1 or self._row_size.get(key, n) * n <= _CHUNK_ELEMENTS
+        if not self.chunkable or x.ndim < 2 or small:  # a 1-D MatMul input is one row
             out = self._run(x)
-            if self.chunkable and n:
+            if self.chunkable and x.ndim >= 2 and n:
                 self._row_size[key] = out.size // n
-            return out.astype(dtype, copy=False)
+            return out
         rows = max(1, _CHUNK_ELEMENTS // max(self._row_size[key], 1))
         out = None
         for i in range(0, n, rows):
             part = self._run(x[i : i + rows])
             if out is None:
-                out = np.empty((n, *part.shape[1:]), dtype=dtype)
+                out = np.empty((n, *part.shape[1:]), dtype=part.dtype)
             out[i : i + rows] = part
         return out
 

@@ -43,15 +43,23 @@ def _round_parts(floor: np.ndarray, above: np.ndarray, tie: np.ndarray, negative
     raise ValueError(f"unknown rounding {rounding!r}")
 
 
-def rounding_right_shift(x: np.ndarray, n: np.ndarray | int, rounding: str) -> np.ndarray:
+def rounding_right_shift(
+    x: np.ndarray, n: np.ndarray | int, rounding: str, overwrite: bool = False
+) -> np.ndarray:
     """``R(x / 2^n)`` for integer ``x`` and ``n >= 0`` (broadcast), with tie rule ``rounding``.
 
     ``floor = x >> n`` and ``rem = x - floor * 2^n`` in ``[0, 2^n)``; the rule decides whether to add 1.
+    ``overwrite``: ``x`` (an int64 array of the result's shape) may be reused for the result.
     """
     x, n = _i64(x), _i64(n)
     assert np.all(n >= 0) and np.all(n < 63), "shift out of range"
     if rounding == "half_up":  # the common case in one pass: (x + 2^(n-1)) >> n
-        return (x + ((np.int64(1) << n) >> 1)) >> n
+        half = (np.int64(1) << n) >> 1
+        if overwrite and x.shape == np.broadcast_shapes(x.shape, n.shape):
+            x += half
+            x >>= n
+            return x
+        return (x + half) >> n
     floor = x >> n
     if rounding == "floor":
         return floor

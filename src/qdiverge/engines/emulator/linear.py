@@ -104,7 +104,7 @@ class Epilogue:
         if self.needs_int32:
             acc = fx.to_int32(acc, self.overflow)
         if self.activation is None:
-            return apply_requant(acc, self.requant, self.qmin, self.qmax, axis)
+            return apply_requant(acc, self.requant, self.qmin, self.qmax, axis, overwrite=True)
         # fused non-linear activation: applied to the un-requantized accumulator's real value (float64),
         # rounded once to the output grid -- the target's internal precision is unknown, this is its limit
         real = acc * along_axis(self.acc_scale, acc.ndim, axis)

@@ -10,7 +10,8 @@ finds it. A kernel has two pure static methods:
 * ``run(params, *inputs: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]``: integer codes in
   (storage domain, int64 arrays; non-encoded inputs such as int64 indices arrive as-is), integer
   codes out. No ONNX protos, no I/O, no globals. A kernel with ``reads_constants = False`` receives
-  ``None`` for its constant inputs (it prepared them from ``Binding.constants``).
+  ``None`` for its constant inputs (it prepared them from ``Binding.constants``); one with
+  ``narrow_inputs = True`` receives codes in whatever integer dtype their producer returned.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def kernel(*op_types: str) -> Callable[[type], type]:
     def register(cls: type) -> type:
         for op in op_types:
             if op in KERNELS:
-                raise RuntimeError(f"kernel for {op} registered twice ({KERNELS[op].__name__}, {cls.__name__})")
+                raise RuntimeError(
+                    f"kernel for {op} registered twice ({KERNELS[op].__name__}, {cls.__name__})"
+                )
             KERNELS[op] = cls
         return cls
 

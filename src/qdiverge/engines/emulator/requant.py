@@ -102,9 +102,16 @@ def along_axis(values: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     return values.reshape(shape)
 
 
-def apply_requant(acc: np.ndarray, p: RequantParams, qmin: int, qmax: int, axis: int = 1) -> np.ndarray:
-    """Rescale int32-range ``acc`` (int64) to output codes in ``[qmin, qmax]``; channels along ``axis``."""
+def apply_requant(
+    acc: np.ndarray, p: RequantParams, qmin: int, qmax: int, axis: int = 1, overwrite: bool = False
+) -> np.ndarray:
+    """Rescale int32-range ``acc`` (int64) to output codes in ``[qmin, qmax]``; channels along ``axis``.
+
+    ``overwrite``: ``acc`` is a temporary of the caller's (int64) and may hold the result, which saves
+    the int64 temporaries of the common forms (each a pass over the whole output).
+    """
     x = np.asarray(acc, dtype=np.int64)
+    overwrite = overwrite and x is acc
     nd = x.ndim
     if np.any(p.folded_offset):
         x = fx.wrap_int32(x + along_axis(p.folded_offset, nd, axis))
@@ -118,8 +125,10 @@ def apply_requant(acc: np.ndarray, p: RequantParams, qmin: int, qmax: int, axis:
         )  # int32 -> float32 rounds above 2^24, as MLAS
     else:
         if np.any(p.left_shift):
-            x = fx.wrap_int32(x << left)  # Hexagon vasl: not saturating
-        y = fx.rounding_right_shift(x * mult, right, p.rounding)  # |x| < 2^31, mult < 2^31: exact in int64
+            x, overwrite = fx.wrap_int32(x << left), True  # Hexagon vasl: not saturating
+        in_place = overwrite and x.shape == np.broadcast(x, mult).shape
+        prod = np.multiply(x, mult, out=x) if in_place else x * mult  # |x|, mult < 2^31: exact in int64
+        y = fx.rounding_right_shift(prod, right, p.rounding, overwrite=True)
     if np.any(p.zero_point):
         y += along_axis(p.zero_point, nd, axis)
     return np.clip(y, qmin, qmax, out=y)

@@ -152,6 +152,7 @@ def _im2col_matmul(xp: np.ndarray, p: ConvParams, out_hw: tuple[int, int]) -> np
 class Conv:
     fuses = True  # applies Binding.fused activations in its epilogue
     reads_constants = False  # weights and bias are prepared from the binding
+    narrow_inputs = True  # any integer dtype: the input is converted to float once anyway
 
     @staticmethod
     def prepare(b: Binding) -> ConvParams:
@@ -268,6 +269,7 @@ def _transpose_pads(
 class ConvTranspose:
     fuses = True  # applies Binding.fused activations in its epilogue
     reads_constants = False  # weights and bias are prepared from the binding
+    narrow_inputs = True  # any integer dtype: the input is converted to float once anyway
 
     @staticmethod
     def prepare(b: Binding) -> ConvTransposeParams:

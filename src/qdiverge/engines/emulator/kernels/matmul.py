@@ -62,6 +62,7 @@ def _constant_b(b: Binding, channel_axis: int) -> tuple[np.ndarray, np.ndarray, 
 class Gemm:
     fuses = True  # applies Binding.fused activations in its epilogue
     reads_constants = False  # weights and bias are prepared from the binding
+    narrow_inputs = True  # any integer dtype: the input is converted to float once anyway
 
     @staticmethod
     def prepare(b: Binding) -> MatMulParams:
@@ -108,6 +109,7 @@ class Gemm:
 class MatMul:
     fuses = True  # applies Binding.fused activations in its epilogue
     reads_constants = False  # weights and bias are prepared from the binding
+    narrow_inputs = True  # any integer dtype: the input is converted to float once anyway
 
     @staticmethod
     def prepare(b: Binding) -> MatMulParams:
