@@ -262,12 +262,15 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
     changes = [parse_what_if(spec) for spec in what_if]
     ws = _workspace(model, encodings, config, target, input_shapes)
     source = _source(ws, inputs, samples, seed)
+    ws = ws.batched(source)
     emu = ws.dsp(source, int(htp_arch))
     if changes and ws.target == QNN_HTP:
         raise InputError("--what-if re-runs the emulator; it is not available with --target qnn-htp")
     outputs = list(ws.model.outputs)
     bisector = Bisector(ws.sim(), emu, ws.float(), outputs, {o: emu.target_encodings.get(o) for o in outputs})
-    result = bisector.run(source, wanted, search_threshold, progress=_progress(not ctx.obj["quiet"]))
+    result = bisector.run(
+        source, wanted, search_threshold, progress=_progress(not ctx.obj["quiet"]), batch=ws.batch
+    )
     if sys.stderr.isatty() and not ctx.obj["quiet"]:
         sys.stderr.write("\r" + " " * 72 + "\r")
     dsp_name = f"qnn-htp:v{htp_arch}" if ws.target == QNN_HTP else f"emulate:{ws.profile.name}"

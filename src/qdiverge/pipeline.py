@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,15 +17,18 @@ from qdiverge.encodings.schema import EncodingSet
 from qdiverge.engines.sim import OrtGraphEngine, float_engine, sim_engine
 from qdiverge.errors import InputError
 from qdiverge.fileio import not_found
-from qdiverge.loading.inputs import InputSource
-from qdiverge.loading.model import Model, load_model
+from qdiverge.loading.inputs import InputSource, Sample
+from qdiverge.loading.model import Model, load_model, rebatch
 from qdiverge.profiles import load_profile
 from qdiverge.profiles.schema import Profile
+
+log = logging.getLogger(__name__)
 
 ENGINES = ("float", "sim", "emulate", "htp")
 # per element of every tensor of one sample: the sim's float32 capture plus the emulator's int64 codes
 # (bisect keeps both for the whole graph; other commands keep less, so this errs on the safe side)
 ACTIVATION_BYTES = 12
+MAX_BATCH = 32  # samples per engine call when batching is exact (memory grows with it)
 QNN_HTP = "qnn-htp"  # --target value: the real HTP backend (onnxruntime-qnn) as the DSP side
 
 
@@ -38,6 +43,7 @@ class Workspace:
     profile: Profile
     encodings_path: Path | None
     target: str = "htp"
+    batch: int = 1  # samples per engine call (see ``batched``)
     _engines: dict[str, object] = field(default_factory=dict)
 
     @property
@@ -68,7 +74,7 @@ class Workspace:
             ranges: dict[str, tuple[float, float]] = {}
             if not names:
                 return ranges
-            for sample in source:
+            for sample in source.batches(self.batch):
                 values = self.sim().run_raw(sample, names)
                 for name, value in values.items():
                     lo, hi = float(np.min(value)), float(np.max(value))
@@ -93,6 +99,51 @@ class Workspace:
                 calibrate=self.calibrator(source),
             )
         return self._engines[key]
+
+    def batched(self, source: InputSource, limit: int | None = None) -> Workspace:
+        """A workspace running ``b`` samples per engine call if that gives bit-identical results, else self.
+
+        Small models spend most of a run in per-op dispatch, so one call for ``b`` samples costs about as
+        much as one call for one sample. ``b`` is the largest divisor of the sample count up to ``limit``;
+        the batched graph is trusted only after the sim and the emulator reproduce the per-sample runs of
+        the first batch exactly, every tensor (a Reshape to a constant shape, say, would not).
+        """
+        limit = MAX_BATCH if limit is None else limit
+        size = max(d for d in range(1, min(limit, source.samples) + 1) if source.samples % d == 0)
+        if size == 1 or self.target == QNN_HTP or self.batch != 1:
+            return self
+        try:
+            model = rebatch(self.model, size)
+        except InputError:
+            return self
+        candidate = dataclasses.replace(self, model=model, batch=size, _engines={})
+        first = next(source.batches(size))
+        try:
+            same = candidate._reproduces(self, source, first, size)
+        except Exception:  # any failure of the batched graph means: run per sample
+            log.debug("batched run failed; running one sample at a time", exc_info=True)
+            return self
+        return candidate if same else self
+
+    def _reproduces(self, single: Workspace, source: InputSource, batch: Sample, size: int) -> bool:
+        """Whether this (batched) workspace gives exactly ``single``'s per-sample values on ``batch``."""
+        emu, emu1 = self.emulator(source), single.emulator(source)
+        names = sorted({t for s in emu1.steps for t in s.outputs} | set(single.model.outputs))
+        sim_b = self.sim().run(batch, capture=names)
+        codes_b = emu.run(batch, keep="all")
+        for i in range(size):
+            sample = {k: np.split(v, size)[i] for k, v in batch.items()}
+            sim_1 = single.sim().run(sample, capture=names)
+            codes_1 = emu1.run(sample, keep="all")
+            for name in names:
+                rows = sim_1[name].shape[0]
+                if not np.array_equal(sim_b[name][i * rows : (i + 1) * rows], sim_1[name]):
+                    return False
+                if name in codes_1 and not np.array_equal(
+                    codes_b[name].codes[i * rows : (i + 1) * rows], codes_1[name].codes
+                ):
+                    return False
+        return True
 
     def htp(self, source: InputSource, htp_arch: int = 73):
         """The real HTP backend, stepped like the emulator (``qnn-htp``)."""

@@ -112,7 +112,9 @@ class Bisector:
         modes: Sequence[str],
         search_threshold_db: float | None = None,
         progress: Progress | None = None,
+        batch: int = 1,
     ) -> BisectResult:
+        """Measure ``modes`` over ``source``, ``batch`` samples per engine call (the engines' batch size)."""
         modes = tuple(m for m in MODES if m in modes)
         steps = self.steps
         inputs = [t for t in self.emu.model.inputs if self.emu.target_encodings.get(t) is not None]
@@ -125,8 +127,8 @@ class Bisector:
         captured = sorted({*inputs, *(t for s in steps for t in (*s.inputs, *s.outputs))})
         samples = suffix_runs = 0
         search_votes: list[int] = []
-        for sample in source:
-            samples += 1
+        for sample in source.batches(batch):
+            samples = min(samples + batch, source.samples)
             if progress:
                 progress(f"sample {samples}/{source.samples}: sim + emulator")
             sim_vals = self.sim.run(sample, capture=captured)

@@ -21,7 +21,7 @@ def run_what_if(
     emu = changed.emulator(source)
     outputs = list(ws.model.outputs)
     bisector = Bisector(changed.sim(), emu, ws.float(), outputs, {o: emu.target_encodings.get(o) for o in outputs})
-    result = bisector.run(source, ("split",))
+    result = bisector.run(source, ("split",), batch=changed.batch)
     total = final_divergence(base, metric)
     after = {o.nodes or (o.tensor,): o.contribution for o in rank(result, metric, total=total)}
     ranked_before = rank(base, metric)

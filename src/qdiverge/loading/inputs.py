@@ -38,6 +38,17 @@ class InputSource:
             return f"random (seed {self.seed}, {self.samples} samples, within input encodings)"
         return f"{self.path} ({self.samples} samples)"
 
+    def batches(self, size: int) -> Iterator[Sample]:
+        """Samples ``size`` at a time, concatenated along the first axis (the last batch may be smaller)."""
+        pending: list[Sample] = []
+        for sample in self:
+            pending.append(sample)
+            if len(pending) == size:
+                yield _stack(pending)
+                pending = []
+        if pending:
+            yield _stack(pending)
+
     def __iter__(self) -> Iterator[Sample]:
         if self.path is None:
             yield from _random_samples(self.model, self.encodings, self.samples, self.seed)
@@ -47,6 +58,12 @@ class InputSource:
             yield from _npz_samples(self.model, self.path, self.samples)
         else:
             yield from _input_list_samples(self.model, self.path, self.samples)
+
+
+def _stack(samples: list[Sample]) -> Sample:
+    if len(samples) == 1:
+        return samples[0]
+    return {name: np.concatenate([s[name] for s in samples], axis=0) for name in samples[0]}
 
 
 def _fit_sample(arr: np.ndarray, info: TensorInfo, where: str) -> np.ndarray:

@@ -334,3 +334,23 @@ def model_from_proto(
         opset=opset,
         sha256=_file_digest(path) if path.is_file() else "",
     )
+
+
+def rebatch(model: Model, factor: int) -> Model:
+    """``model`` with the first dimension of every graph input multiplied by ``factor``.
+
+    Used to run several samples in one call. Nothing here proves the graph is batch-agnostic (a Reshape
+    to a constant shape is not); callers compare against per-sample runs before trusting it.
+    """
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    graph_inputs = {i.name: i for i in proto.graph.input}
+    for name, info in model.inputs.items():
+        dims = graph_inputs[name].type.tensor_type.shape.dim
+        if not dims:
+            raise InputError(f"{model.path}: input {name!r} is a scalar and cannot be batched")
+        dims[0].dim_value = info.shape[0] * factor
+    for output in proto.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    del proto.graph.value_info[:]
+    return model_from_proto(proto, model.path)

@@ -1,0 +1,58 @@
+"""Running several samples per engine call must change nothing but speed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from fault_models import fault_case, run_cli
+from onnx_builders import save, small_net
+
+from qdiverge.loading.inputs import input_source
+from qdiverge.loading.model import load_model
+from qdiverge.pipeline import open_workspace
+
+
+def _bisect(case, *extra: str) -> dict:
+    code, out, err = run_cli("-q", "bisect", *case.args(), "--samples", "8", "--format", "json", *extra)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_batched_bisect_equals_one_sample_at_a_time(tmp_path, monkeypatch):
+    case = fault_case(tmp_path, "strided")
+    batched = _bisect(case)
+    ws = open_workspace(case.model, case.encodings, case.config)
+    assert ws.batched(input_source(ws.model, None, 8, 0, ws.encodings)).batch == 8
+    monkeypatch.setattr("qdiverge.pipeline.MAX_BATCH", 1)
+    single = _bisect(case)
+    assert batched["layers"] == single["layers"]
+    assert batched["summary"] == single["summary"]
+
+
+def test_a_graph_that_hard_codes_the_batch_runs_per_sample(tmp_path):
+    # small_net reshapes to the constant (1, 256): eight stacked samples cannot pass through it
+    path = save(small_net(), tmp_path)
+    common = {"bw": 8, "dtype": "INT", "enc_type": "PER_TENSOR", "offset": [-128]}
+    act = {**common, "is_sym": False, "scale": [0.02]}
+    wgt = {**common, "is_sym": True, "scale": [0.005]}
+    data = {
+        "version": "1.0.0",
+        "activation_encodings": [{"name": n, **act} for n in ("input", "relu1_out", "add_out")],
+        "param_encodings": [{"name": n, **wgt} for n in ("conv1.weight", "fc.weight")],
+    }
+    enc = tmp_path / "model.encodings"
+    enc.write_text(json.dumps(data))
+    ws = open_workspace(path, enc)
+    source = input_source(ws.model, None, 8, 0, ws.encodings)
+    assert ws.batched(source) is ws
+
+
+def test_batches_stack_samples_in_order(tmp_path):
+    path = save(small_net(), tmp_path)
+    data = np.random.default_rng(0).standard_normal((5, 1, 3, 8, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", data)
+    source = input_source(load_model(path), tmp_path / "x.npy", 0, 0)
+    batches = list(source.batches(2))
+    assert [b["input"].shape[0] for b in batches] == [2, 2, 1]
+    assert np.array_equal(np.concatenate([b["input"] for b in batches]), data.reshape(5, 3, 8, 8))
