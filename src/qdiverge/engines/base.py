@@ -24,7 +24,13 @@ class Engine(Protocol):
         ...
 
 
-def make_session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True) -> ort.InferenceSession:
+def make_session(
+    proto: onnx.ModelProto,
+    threads: int = 0,
+    optimize: bool = True,
+    arena: bool = True,
+    shared: Mapping[str, ort.OrtValue] | None = None,
+) -> ort.InferenceSession:
     """A CPU onnxruntime session, with default graph optimizations unless ``optimize`` is False.
 
     ``optimize=False`` runs every node as its own kernel on unpacked weights: no fusions, no NCHWc
@@ -38,13 +44,26 @@ def make_session(proto: onnx.ModelProto, threads: int = 0, optimize: bool = True
         options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         options.intra_op_num_threads = threads
+    if not arena:  # many long-lived small sessions: an arena each would hold its peak memory forever
+        options.enable_cpu_mem_arena = False
+    # idle workers sleep instead of spinning: qdiverge alternates many short runs of several sessions
+    # (sim, suffixes, emulator accumulators), and spinning pools steal each other's cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # initializers shared with other sessions (the caller keeps the OrtValues alive): ORT uses them
+    # instead of deserializing its own copy
+    names = {t.name for t in proto.graph.initializer}
+    for name, value in (shared or {}).items():
+        if name in names:
+            options.add_initializer(name, value)
     try:
-        return ort.InferenceSession(
+        session = ort.InferenceSession(
             proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"onnxruntime cannot build the model: {first}") from exc
+    session._model_bytes = None  # ORT keeps the serialized model only to rebuild on a provider fallback
+    return session
 
 
 def expose_outputs(proto: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:

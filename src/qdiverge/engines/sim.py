@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from qdiverge.encodings.schema import Encoding, EncodingSet
@@ -25,6 +26,7 @@ from qdiverge.loading.model import Model
 from qdiverge.quant import aimet_qdq, float32_params
 
 QDQ_SUFFIX = "::qdq"
+SHARED_BYTES = 4096  # initializers at least this large are shared between suffix sessions
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,17 @@ class OrtGraphEngine:
         self._visible = visible
         self._sessions: dict[tuple[str, ...], object] = {}
         self._suffix: dict[tuple[tuple[str, ...], tuple[str, ...]], object] = {}
+        self._shared: dict[str, ort.OrtValue] | None = None
+
+    def _shared_weights(self) -> dict[str, ort.OrtValue]:
+        """Large initializers as OrtValues that every suffix session reuses instead of copying."""
+        if self._shared is None:
+            self._shared = {
+                t.name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(t)))
+                for t in self._proto.graph.initializer
+                if len(t.raw_data) >= SHARED_BYTES
+            }
+        return self._shared
 
     def internal(self, tensor: str) -> str:
         """Name of the value consumers of ``tensor`` read inside the engine's graph."""
@@ -197,7 +210,11 @@ class OrtGraphEngine:
             sub = extract_suffix(self._proto, internal_in, computed, types) if computed else None
             # one thread: every cut keeps a session, and one intra-op pool (spinning threads) per session
             # made split mode ~10x slower on a busy 2-core machine (benchmarks/bench_bisect.py)
-            session = make_session(sub, threads=1, optimize=self._optimize) if sub is not None else None
+            session = (
+                make_session(sub, threads=1, optimize=self._optimize, arena=False, shared=self._shared_weights())
+                if sub is not None
+                else None
+            )
             self._suffix[key] = session
         results: dict[str, np.ndarray] = {n: np.asarray(cut_feeds[n]) for n in passthrough}
         if session is not None:
