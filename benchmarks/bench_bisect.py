@@ -74,9 +74,11 @@ def bench_example(samples: int) -> None:
     bisector = Bisector(sim, emu, ws.float(), outputs, {o: emu.target_encodings.get(o) for o in outputs})
     emu_runs = _counting(emu, "run")
     cuts = len(bisector.cuts)
-    print(f"bundled example: {len(ws.model.nodes)} nodes, {len(emu.steps)} emulator steps, {cuts} cuts,"
-          f" {source.samples} samples; one full sim pass (median) {t_sim[0] * 1e3:.1f} ms wall,"
-          f" {t_sim[1] * 1e3:.1f} ms CPU")
+    print(
+        f"bundled example: {len(ws.model.nodes)} nodes, {len(emu.steps)} emulator steps, {cuts} cuts,"
+        f" {source.samples} samples; one full sim pass (median) {t_sim[0] * 1e3:.1f} ms wall,"
+        f" {t_sim[1] * 1e3:.1f} ms CPU"
+    )
     naive = tuple(source.samples * cuts * t for t in t_sim)
     print(f"  samples x cuts x one full sim pass = {naive[0]:.2f} s wall, {naive[1]:.2f} s CPU")
     spent = {}
@@ -84,12 +86,16 @@ def bench_example(samples: int) -> None:
         emu_runs[0] = 0
         result, spent[label] = _timed(bisector.run, source, ("split",))
         wall, cpu = spent[label]
-        print(f"  split mode, {label}: {wall:.2f} s wall, {cpu:.2f} s CPU; emulator passes {emu_runs[0]}"
-              f" (one per sample), suffix runs {result.suffix_runs};"
-              f" ratio {wall / naive[0]:.3f} wall, {cpu / naive[1]:.3f} CPU")
+        print(
+            f"  split mode, {label}: {wall:.2f} s wall, {cpu:.2f} s CPU; emulator passes {emu_runs[0]}"
+            f" (one per sample), suffix runs {result.suffix_runs};"
+            f" ratio {wall / naive[0]:.3f} wall, {cpu / naive[1]:.3f} CPU"
+        )
     built = [spent["cold"][k] - spent["warm"][k] for k in range(2)]
-    print(f"  of which building the {cuts} suffix sessions (once per run): {built[0]:.2f} s wall,"
-          f" {built[1]:.2f} s CPU")
+    print(
+        f"  of which building the {cuts} suffix sessions (once per run): {built[0]:.2f} s wall,"
+        f" {built[1]:.2f} s CPU"
+    )
 
 
 def _timed(fn, *args):
@@ -102,8 +108,15 @@ def _timed(fn, *args):
 def _encoding_entry(name: str, enc) -> dict:
     scale = [float(s) for s in np.asarray(enc.scale, dtype=np.float64).reshape(-1)]
     offset = [float(o) for o in np.broadcast_to(np.asarray(enc.offset).reshape(-1), (len(scale),))]
-    return {"name": name, "dtype": "INT", "bw": enc.bitwidth, "is_sym": bool(enc.symmetric), "scale": scale,
-            "offset": offset, "enc_type": "PER_CHANNEL" if len(scale) > 1 else "PER_TENSOR"}
+    return {
+        "name": name,
+        "dtype": "INT",
+        "bw": enc.bitwidth,
+        "is_sym": bool(enc.symmetric),
+        "scale": scale,
+        "offset": offset,
+        "enc_type": "PER_CHANNEL" if len(scale) > 1 else "PER_TENSOR",
+    }
 
 
 def write_v100(encset, path: Path) -> None:
@@ -133,8 +146,19 @@ def bench_large(samples: int, workdir: Path) -> None:
     inputs = workdir / "inputs.npy"  # drawn like the calibration data, so the encodings fit them
     np.save(inputs, np.random.default_rng(2).normal(0, 1, size=(samples, 3, 224, 224)).astype(np.float32))
     report = workdir / "report.json"
-    argv = ["qdiverge", "-q", "bisect", str(model_path), str(encodings), "--inputs", str(inputs),
-            "--format", "json", "-o", str(report)]
+    argv = [
+        "qdiverge",
+        "-q",
+        "bisect",
+        str(model_path),
+        str(encodings),
+        "--inputs",
+        str(inputs),
+        "--format",
+        "json",
+        "-o",
+        str(report),
+    ]
     err = io.StringIO()
     t0 = time.perf_counter()
     with mock.patch.object(sys, "argv", argv), contextlib.redirect_stderr(err):
@@ -146,10 +170,12 @@ def bench_large(samples: int, workdir: Path) -> None:
     elapsed = time.perf_counter() - t0
     data = json.loads(report.read_text())
     top = data["layers"][0]
-    print(f"MobileNetV3-Large size (224x224, {len(load_model(model_path).nodes)} nodes,"
-          f" {len(data['layers'])} layers): qdiverge bisect (all default modes), {samples} samples:"
-          f" {elapsed:.1f} s total; final SQNR {data['summary'][0]['emu_vs_sim']['sqnr_db']:.1f} dB; "
-          f"top layer {top['node']} ({top['op_type']})")
+    print(
+        f"MobileNetV3-Large size (224x224, {len(load_model(model_path).nodes)} nodes,"
+        f" {len(data['layers'])} layers): qdiverge bisect (all default modes), {samples} samples:"
+        f" {elapsed:.1f} s total; final SQNR {data['summary'][0]['emu_vs_sim']['sqnr_db']:.1f} dB; "
+        f"top layer {top['node']} ({top['op_type']})"
+    )
 
 
 def main() -> None:

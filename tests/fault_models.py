@@ -201,8 +201,11 @@ def run_cli(*args: str | Path) -> tuple[int, str, str]:
     (exit code, stdout, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     code = 0
-    with mock.patch.object(sys, "argv", ["qdiverge", *map(str, args)]), \
-            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with (
+        mock.patch.object(sys, "argv", ["qdiverge", *map(str, args)]),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
         try:
             main()
         except SystemExit as exc:

@@ -257,7 +257,9 @@ CASES: dict[str, Build] = {
     "onnx-control-flow": _if_model,
     "onnx-cycle": _cycle,
     "onnx-conv-weight-mismatch": lambda c: (
-        c.run(model=c.onnx(_apply(small_net(), _conv_weight_mismatch))), "conv1", "onnxruntime failed"
+        c.run(model=c.onnx(_apply(small_net(), _conv_weight_mismatch))),
+        "conv1",
+        "onnxruntime failed",
     ),
     # encodings JSON
     "enc-typo-in-path": lambda c: (c.run(enc=c.tmp / "good.encoding"), "good.encoding", "did you mean"),
@@ -327,7 +329,9 @@ CASES: dict[str, Build] = {
     "inputs-list-unclosed-quote": _inputs(_list('"x.raw\n'), "cannot split the line"),
     "inputs-list-too-many-files": _inputs(_list("x.raw x.raw\n", b"\0" * 768), "2 file(s) on the line"),
     "inputs-raw-wrong-size": lambda c: (
-        c.run("--inputs", _list("x.raw\n", b"\0" * 7)(c)), "x.raw", "7 bytes; input 'input'"
+        c.run("--inputs", _list("x.raw\n", b"\0" * 7)(c)),
+        "x.raw",
+        "7 bytes; input 'input'",
     ),
     # options
     "option-negative-samples": lambda c: (c.run("--samples", "-1"), "--samples", "must be >= 0"),
@@ -338,7 +342,9 @@ CASES: dict[str, Build] = {
         "GiB of memory",
     ),
     "option-output-folder-missing": lambda c: (
-        ["run", c.model, c.enc, "-o", c.tmp / "nowhere" / "o.npz"], "nowhere", "does not exist"
+        ["run", c.model, c.enc, "-o", c.tmp / "nowhere" / "o.npz"],
+        "nowhere",
+        "does not exist",
     ),
 }
 

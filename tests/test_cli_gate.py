@@ -48,6 +48,7 @@ def final(report: dict) -> dict:
 
 # ---- thresholds on the final outputs -------------------------------------------------------------
 
+
 def test_sqnr_gate(cases):
     report = bisect_json(cases["clean"])
     sqnr = final(report)["sqnr_db"]
@@ -57,7 +58,11 @@ def test_sqnr_gate(cases):
     assert code == 1 and report["gate"]["passed"] is False
     (failure,) = report["gate"]["failures"]
     assert (failure["kind"], failure["scope"], failure["tensor"], failure["statistic"]) == (
-        "threshold", "final", "logits", "sqnr_db")
+        "threshold",
+        "final",
+        "logits",
+        "sqnr_db",
+    )
     assert failure["value"] == sqnr and failure["limit"] == float(f"{sqnr + 1:.3f}")
     # a per-tensor limit overrides the default
     limits = ("--fail-under-sqnr", "200", "--fail-under-sqnr", f"logits:{sqnr - 1:.3f}")
@@ -98,6 +103,7 @@ def test_limit_on_an_unknown_tensor_fails_the_gate(cases):
 
 
 # ---- top-1 ---------------------------------------------------------------------------------------
+
 
 def classifier(tmp_path: Path, saturate: bool):
     """input[1,4] -> Gemm(3 classes) -> logits. Class 2 has no weights and a bias of 6 (a dead unit with a
@@ -145,6 +151,7 @@ def test_top1_gate_and_scopes(tmp_path):
 
 # ---- per-layer scope -----------------------------------------------------------------------------
 
+
 def test_layer_scope_fails_on_the_faulty_layer_only(cases):
     code, report = gate_json(cases["bad"], "--fail-over-lsb", "2", "--gate-scope", "layers")
     assert code == 1
@@ -162,14 +169,16 @@ def test_layer_scope_fails_on_the_faulty_layer_only(cases):
 
 # ---- baseline --------------------------------------------------------------------------------------
 
+
 def test_baseline_regression(tmp_path):
     good, worse = fault_case(tmp_path, "bias8", "int32-bias"), fault_case(tmp_path, "bias8")
     assert good.model.read_bytes() == worse.model.read_bytes()  # the same export on two targets
     baseline = tmp_path / "baseline.json"
     assert run_cli("-q", "bisect", *good.args(), *SAMPLES, "--format", "json", "-o", baseline)[0] == 0
     assert run_cli("-q", "bisect", *good.args(), *SAMPLES, "--baseline", baseline)[0] == 0
-    code, out, _ = run_cli("-q", "bisect", *worse.args(), *SAMPLES, "--format", "json", "--baseline",
-                           baseline)
+    code, out, _ = run_cli(
+        "-q", "bisect", *worse.args(), *SAMPLES, "--format", "json", "--baseline", baseline
+    )
     assert code == 1
     report = json.loads(out)
     kinds = {(f["kind"], f["scope"], f["tensor"]) for f in report["gate"]["failures"]}
@@ -275,6 +284,7 @@ def test_html_report_parses(cases, tmp_path):
 
 # ---- qdiverge check --------------------------------------------------------------------------------
 
+
 def _warning_only(tmp_path: Path) -> tuple[Path, Path]:
     """The clean classifier with asymmetric per-tensor weights: a weight-symmetry warning, no error."""
     model, encodings = classifier(tmp_path, saturate=False)
@@ -286,11 +296,20 @@ def _warning_only(tmp_path: Path) -> tuple[Path, Path]:
     return model, path
 
 
-@pytest.mark.parametrize(("which", "fail_on", "expected"), [
-    ("clean", "info", 0), ("clean", "error", 0),
-    ("warning", "info", 1), ("warning", "warning", 1), ("warning", "error", 0), ("warning", "never", 0),
-    ("bad", "warning", 1), ("bad", "error", 1), ("bad", "never", 0),
-])
+@pytest.mark.parametrize(
+    ("which", "fail_on", "expected"),
+    [
+        ("clean", "info", 0),
+        ("clean", "error", 0),
+        ("warning", "info", 1),
+        ("warning", "warning", 1),
+        ("warning", "error", 0),
+        ("warning", "never", 0),
+        ("bad", "warning", 1),
+        ("bad", "error", 1),
+        ("bad", "never", 0),
+    ],
+)
 def test_check_fail_on(cases, tmp_path, which, fail_on, expected):
     args = _warning_only(tmp_path) if which == "warning" else cases[which].args()
     code, out, err = run_cli("check", *args, "--fail-on", fail_on, "--format", "json")

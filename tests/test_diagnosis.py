@@ -31,8 +31,17 @@ def u8(name: str, scale: float, offset: float = -128.0) -> Encoding:
 def s8(name: str, scale, offset=-128.0, **kw) -> Encoding:
     """Signed symmetric 8-bit weight encoding (per channel when ``scale`` is a list; axis 0 by default)."""
     per_channel = np.size(scale) > 1
-    return make_encoding(name, 8, scale, offset, signed=True, symmetric=True, is_param=True,
-                         axis=kw.pop("axis", 0) if per_channel else None, **kw)
+    return make_encoding(
+        name,
+        8,
+        scale,
+        offset,
+        signed=True,
+        symmetric=True,
+        is_param=True,
+        axis=kw.pop("axis", 0) if per_channel else None,
+        **kw,
+    )
 
 
 def load(tmp_path: Path, g: GraphBuilder) -> Model:
@@ -40,8 +49,13 @@ def load(tmp_path: Path, g: GraphBuilder) -> Model:
 
 
 def ctx_for(model: Model, acts=(), params=(), int32=(), profile: Profile | None = None, **kw) -> CheckContext:
-    encs = EncodingSet("test", "1.0.0", activations={e.name: e for e in acts},
-                       params={e.name: e for e in params}, int32_bias={e.name: e for e in int32})
+    encs = EncodingSet(
+        "test",
+        "1.0.0",
+        activations={e.name: e for e in acts},
+        params={e.name: e for e in params},
+        int32_bias={e.name: e for e in int32},
+    )
     return CheckContext(model, encs, profile or Profile(name="t"), **kw)
 
 
@@ -65,13 +79,20 @@ def conv1x1(tmp_path: Path, w: np.ndarray, b: np.ndarray | None = None, act: str
 
 # ---- per-tensor-weight-collapse ------------------------------------------------------------------
 
+
 def depthwise(tmp_path: Path) -> tuple[Model, np.ndarray]:
     ramp = np.linspace(-1.0, 1.0, 9)
     w = np.stack([ramp, 0.3 * ramp, [0.02, -0.02, 0.01, 0, 0, 0, 0, 0, 0], np.full(9, 0.0004)])
     w = w.reshape(4, 1, 3, 3).astype(np.float32)
     g = GraphBuilder()
-    y = g.op("Conv", [g.input("input", (1, 4, 8, 8)), g.const("dw.weight", w)], "dw_out", "dw", group=4,
-             pads=[1, 1, 1, 1])
+    y = g.op(
+        "Conv",
+        [g.input("input", (1, 4, 8, 8)), g.const("dw.weight", w)],
+        "dw_out",
+        "dw",
+        group=4,
+        pads=[1, 1, 1, 1],
+    )
     g.output(y)
     return load(tmp_path, g), w
 
@@ -99,6 +120,7 @@ def test_weight_collapse_silent_with_per_channel_weights(tmp_path):
 
 # ---- bias ----------------------------------------------------------------------------------------
 
+
 def test_bias_int32_saturation_on_dead_channel(tmp_path):
     # dsp_arithmetic.md §7.5: weight scale 1.19e-7 (dead channel), s_in = 0.01 -> bias limit 2.56
     model = conv1x1(tmp_path, np.array([[0.5], [0.0]]).reshape(2, 1, 1, 1), np.array([0.5, 5.0]))
@@ -122,8 +144,9 @@ def bias8_context(tmp_path: Path, bits: int) -> CheckContext:
     bias = np.array([0.0123, -0.5, 1.7, 0.0004])
     model = conv1x1(tmp_path, np.full((4, 1, 1, 1), 0.1), bias)
     profile = Profile(name="t", bias_bits=bits, bias_rounding="half_even")
-    return ctx_for(model, acts=[u8("input", 0.01), u8("conv_out", 0.005)], params=[s8("w", [0.001] * 4)],
-                   profile=profile)
+    return ctx_for(
+        model, acts=[u8("input", 0.01), u8("conv_out", 0.005)], params=[s8("w", [0.001] * 4)], profile=profile
+    )
 
 
 def test_bias_precision_8bit_bias(tmp_path):
@@ -147,10 +170,15 @@ def test_bias_precision_silent_with_int32_bias(tmp_path):
 
 # ---- requant-multiplier --------------------------------------------------------------------------
 
+
 def requant_context(tmp_path: Path, s_in: float, s_w: float, s_out: float, spec: RequantSpec) -> CheckContext:
     model = conv1x1(tmp_path, np.full((1, 1, 1, 1), 0.3))
-    return ctx_for(model, acts=[u8("input", s_in), u8("conv_out", s_out)], params=[s8("w", s_w)],
-                   profile=Profile(name="t", conv=spec))
+    return ctx_for(
+        model,
+        acts=[u8("input", s_in), u8("conv_out", s_out)],
+        params=[s8("w", s_w)],
+        profile=Profile(name="t", conv=spec),
+    )
 
 
 def test_requant_multiplier_flushes_below_2_pow_minus_31(tmp_path):
@@ -192,10 +220,16 @@ def test_requant_multiplier_silent_for_ordinary_scales(tmp_path):
 
 # ---- missing-target-encoding / sim-only-quantizer ------------------------------------------------
 
+
 def conv_hswish_context(tmp_path: Path, profile: Profile, **kw) -> CheckContext:
     model = conv1x1(tmp_path, np.full((2, 1, 1, 1), 0.3), act="HardSwish")
-    return ctx_for(model, acts=[u8("input", 0.02), u8("act_out", 0.03)], params=[s8("w", 0.3 / 127)],
-                   profile=profile, **kw)
+    return ctx_for(
+        model,
+        acts=[u8("input", 0.02), u8("act_out", 0.03)],
+        params=[s8("w", 0.3 / 127)],
+        profile=profile,
+        **kw,
+    )
 
 
 def test_missing_target_encoding_inside_unfused_supergroup(tmp_path):
@@ -225,8 +259,12 @@ def test_missing_target_encoding_for_unencoded_compute_output(tmp_path):
 
 def test_missing_target_encoding_silent_when_encoding_follows_data_movement(tmp_path):
     g = GraphBuilder()
-    y = g.op("Conv", [g.input("input", (1, 1, 4, 4)), g.const("w", np.full((1, 1, 1, 1), 0.3, np.float32))],
-             "conv_out", "conv")
+    y = g.op(
+        "Conv",
+        [g.input("input", (1, 1, 4, 4)), g.const("w", np.full((1, 1, 1, 1), 0.3, np.float32))],
+        "conv_out",
+        "conv",
+    )
     g.output(g.reshape(y, "flat", (1, 16)))
     acts = [u8("input", 0.02), u8("flat_out", 0.03)]
     ctx = ctx_for(load(tmp_path, g), acts=acts, params=[s8("w", 0.3 / 127)])
@@ -268,6 +306,7 @@ def test_sim_only_quantizer_silent_for_tied_relu_encoding(tmp_path):
 
 # ---- activation-range ----------------------------------------------------------------------------
 
+
 def two_input_add(tmp_path: Path) -> Model:
     g = GraphBuilder()
     g.output(g.add(g.input("a", (1, 4)), g.input("b", (1, 4)), "add"))
@@ -293,6 +332,7 @@ def test_activation_range_silent_for_sane_encodings(tmp_path):
 
 # ---- rescale-mismatch ----------------------------------------------------------------------------
 
+
 def test_rescale_mismatch_reports_ratio(tmp_path):
     acts = [u8("a", 0.1), u8("b", 0.01), u8("add_out", 0.1)]
     [f] = only(ctx_for(two_input_add(tmp_path), acts=acts), "rescale-mismatch")
@@ -306,6 +346,7 @@ def test_rescale_mismatch_silent_below_ratio(tmp_path):
 
 
 # ---- lut-gap -------------------------------------------------------------------------------------
+
 
 def hardsigmoid_context(tmp_path: Path, rounding: str) -> CheckContext:
     g = GraphBuilder()
@@ -330,6 +371,7 @@ def test_lut_gap_silent_when_table_rounds_like_the_sim(tmp_path):
 
 # ---- weight-symmetry / encoding-rederived --------------------------------------------------------
 
+
 def test_weight_symmetry_per_channel_and_per_tensor(tmp_path):
     model = conv1x1(tmp_path, np.full((2, 1, 1, 1), 0.3))
     asym_pc = make_encoding("w", 8, [0.002, 0.003], [-100.0, -120.0], axis=0, is_param=True)
@@ -353,8 +395,12 @@ def int32_bias(scale) -> Encoding:
 def test_encoding_rederived_strict_symmetric_and_int32_bias_scale(tmp_path):
     model = conv1x1(tmp_path, np.full((2, 1, 1, 1), 0.3), np.array([0.1, 0.2]))
     strict = make_encoding("conv_out", 8, 0.01, -127.0, signed=True, symmetric=True)
-    ctx = ctx_for(model, acts=[u8("input", 0.02), strict], params=[s8("w", [0.002, 0.003])],
-                  int32=[int32_bias([2 * 0.02 * 0.002, 0.02 * 0.003])])
+    ctx = ctx_for(
+        model,
+        acts=[u8("input", 0.02), strict],
+        params=[s8("w", [0.002, 0.003])],
+        int32=[int32_bias([2 * 0.02 * 0.002, 0.02 * 0.003])],
+    )
     found = only(ctx, "encoding-rederived")
     assert sorted(f.numbers["tensor"] for f in found) == ["b", "conv_out"]
     bias = next(f for f in found if f.numbers["tensor"] == "b")
@@ -363,8 +409,12 @@ def test_encoding_rederived_strict_symmetric_and_int32_bias_scale(tmp_path):
 
 def test_encoding_rederived_silent_for_analytic_bias_scale(tmp_path):
     model = conv1x1(tmp_path, np.full((2, 1, 1, 1), 0.3), np.array([0.1, 0.2]))
-    ctx = ctx_for(model, acts=[u8("input", 0.02), u8("conv_out", 0.01)], params=[s8("w", [0.002, 0.003])],
-                  int32=[int32_bias([0.02 * 0.002, 0.02 * 0.003])])
+    ctx = ctx_for(
+        model,
+        acts=[u8("input", 0.02), u8("conv_out", 0.01)],
+        params=[s8("w", [0.002, 0.003])],
+        int32=[int32_bias([0.02 * 0.002, 0.02 * 0.003])],
+    )
     assert only(ctx, "encoding-rederived") == []
 
 
@@ -377,6 +427,7 @@ def test_encoding_rederived_silent_on_aimet_int32_bias_export():
 
 
 # ---- run_checks / attach -------------------------------------------------------------------------
+
 
 def test_run_checks_orders_by_severity_then_node_and_attaches(tmp_path):
     ctx = conv_relu_context(tmp_path, u8("act_out", 0.05, 0.0))
@@ -396,6 +447,7 @@ def test_run_checks_orders_by_severity_then_node_and_attaches(tmp_path):
 
 # ---- what-if -------------------------------------------------------------------------------------
 
+
 def test_per_channel_matches_the_formula(tmp_path):
     rng = np.random.default_rng(3)
     w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
@@ -403,12 +455,21 @@ def test_per_channel_matches_the_formula(tmp_path):
     w[2] = 0.0  # dead channel: AIMET's minimum scale
     g = GraphBuilder()
     x = g.op("Conv", [g.input("input", (1, 2, 6, 6)), g.const("cw", w)], "c_out", "c")
-    y = g.op("Gemm", [g.op("Flatten", [x], "f_out", "f"), g.const("gw", rng.standard_normal((144, 3)).astype(
-        np.float32))], "g_out", "g", transB=0)
+    y = g.op(
+        "Gemm",
+        [g.op("Flatten", [x], "f_out", "f"), g.const("gw", rng.standard_normal((144, 3)).astype(np.float32))],
+        "g_out",
+        "g",
+        transB=0,
+    )
     g.output(y)
     model = load(tmp_path, g)
-    encs = EncodingSet("t", "1.0.0", activations={"input": u8("input", 0.02)},
-                       params={"cw": s8("cw", 0.01), "gw": s8("gw", 0.01)})
+    encs = EncodingSet(
+        "t",
+        "1.0.0",
+        activations={"input": u8("input", 0.02)},
+        params={"cw": s8("cw", 0.01), "gw": s8("gw", 0.01)},
+    )
     new = per_channel(encs, model)
     rows = w.reshape(4, -1).astype(np.float64)
     expected = np.maximum(np.maximum(rows.max(1), 0) / 127, -np.minimum(rows.min(1), 0) / 128)
@@ -432,8 +493,9 @@ def test_per_channel_reproduces_aimet_per_channel_export():
     # same float weights exported per-tensor (mbv3_pt_user) and per-channel (mbv3_pc_sym) by aimet-onnx 2.42
     model = load_model(FIXTURES / "mbv3_pt_user" / "model.onnx")
     model, per_tensor, _ = load_encodings(FIXTURES / "mbv3_pt_user" / "model.encodings", model)
-    _, aimet_pc, _ = load_encodings(FIXTURES / "mbv3_pc_sym" / "model.encodings",
-                                    load_model(FIXTURES / "mbv3_pc_sym" / "model.onnx"))
+    _, aimet_pc, _ = load_encodings(
+        FIXTURES / "mbv3_pc_sym" / "model.encodings", load_model(FIXTURES / "mbv3_pc_sym" / "model.onnx")
+    )
     derived = per_channel(per_tensor, model)
     assert aimet_pc.params.keys() == derived.params.keys()
     for name, enc in aimet_pc.params.items():
@@ -443,16 +505,26 @@ def test_per_channel_reproduces_aimet_per_channel_export():
 
 def test_per_channel_rederives_int32_bias(tmp_path):
     model = conv1x1(tmp_path, np.array([0.5, -0.25]).reshape(2, 1, 1, 1), np.array([0.1, 0.2]))
-    encs = EncodingSet("t", "2.0.0", activations={"input": u8("input", 0.02)},
-                       params={"w": s8("w", 0.5 / 127)}, int32_bias={"b": int32_bias([0.02 * 0.5 / 127] * 2)})
+    encs = EncodingSet(
+        "t",
+        "2.0.0",
+        activations={"input": u8("input", 0.02)},
+        params={"w": s8("w", 0.5 / 127)},
+        int32_bias={"b": int32_bias([0.02 * 0.5 / 127] * 2)},
+    )
     new = per_channel(encs, model)
     assert np.array_equal(new.int32_bias["b"].scale, 0.02 * new.params["w"].scale)
     assert new.params["w"].scale[1] == np.float32(0.25 / 128)
 
 
 def test_override_encoding_and_bias_bits(tmp_path):
-    encs = EncodingSet("t", "1.0.0", activations={"a": u8("a", 0.1)}, params={"w": s8("w", 0.01)},
-                       derived={"b": u8("b", 0.1)})
+    encs = EncodingSet(
+        "t",
+        "1.0.0",
+        activations={"a": u8("a", 0.1)},
+        params={"w": s8("w", 0.01)},
+        derived={"b": u8("b", 0.1)},
+    )
     new = override_encoding(encs, "a", -1.0, 2.0)
     assert new.activations["a"].scale[0] == pytest.approx(3 / 255, rel=1e-12)
     assert new.activations["a"].offset[0] == -85
@@ -488,10 +560,21 @@ def test_parse_what_if_forms_and_apply(tmp_path):
     assert profile.bias_bits == 8
 
 
-@pytest.mark.parametrize("spec", [
-    "per-chanel", "per-channel=a,,b", "bias-bits=x", "bias-bits=16", "encoding=t:1", "encoding=:1,2",
-    "encoding=t:2,1", "encoding=t:1,inf", "encoding=t", "",
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "per-chanel",
+        "per-channel=a,,b",
+        "bias-bits=x",
+        "bias-bits=16",
+        "encoding=t:1",
+        "encoding=:1,2",
+        "encoding=t:2,1",
+        "encoding=t:1,inf",
+        "encoding=t",
+        "",
+    ],
+)
 def test_parse_what_if_rejects_bad_specs(spec):
     with pytest.raises(InputError, match="--what-if"):
         parse_what_if(spec)

@@ -7,9 +7,9 @@ import pytest
 from encodings_fixtures import SMALL_NET, v061, v100, v200, write
 from onnx_builders import GraphBuilder, save, small_net
 
-from qdiverge.encodings.load import load_encodings
 from qdiverge.encodings.aimet import read_encodings_json
 from qdiverge.encodings.bind import bind_encodings
+from qdiverge.encodings.load import load_encodings
 from qdiverge.loading.model import load_model
 
 

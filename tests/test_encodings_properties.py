@@ -130,7 +130,15 @@ def test_mutated_quantsim_configs_only_raise_input_errors(data):
 
 
 PROFILE_KEYS = [
-    "conv", "eltwise", "lut", "fusions", "bias_bits", "accumulator", "input_rounding", "name", "unknown"
+    "conv",
+    "eltwise",
+    "lut",
+    "fusions",
+    "bias_bits",
+    "accumulator",
+    "input_rounding",
+    "name",
+    "unknown",
 ]
 
 

@@ -10,9 +10,9 @@ from encodings_fixtures import SMALL_NET, v100, v200, write
 from onnx import numpy_helper
 from onnx_builders import GraphBuilder, save, small_net
 
-from qdiverge.encodings.load import load_encodings
 from qdiverge.encodings.aimet import read_encodings_json
 from qdiverge.encodings.bind import bind_encodings
+from qdiverge.encodings.load import load_encodings
 from qdiverge.encodings.qdq import read_qdq_model, write_qdq_model
 from qdiverge.engines.sim import sim_engine
 from qdiverge.errors import InputError

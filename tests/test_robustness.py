@@ -39,7 +39,7 @@ def test_failing_writer_leaves_the_old_report_intact(tmp_path):
     target.write_text("old report")
 
     def half_then_fail(fh):
-        fh.write(b"{\"partial\": ")
+        fh.write(b'{"partial": ')
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError):
@@ -83,14 +83,14 @@ def test_keyboard_interrupt_exits_130_without_output(tmp_path, monkeypatch):
 
 def test_sigint_during_a_run_exits_130_and_writes_nothing(tmp_path):
     report = tmp_path / "report.json"
-    args = ["bisect", *_fixture("mix_pt_asym"), "--samples", "400", "--format", "json", "-o", report]
+    args = ["bisect", *_fixture("mix_pt_asym"), "--samples", "50000", "--format", "json", "-o", report]
     proc = subprocess.Popen(
         [sys.executable, "-m", "qdiverge", "-q", *map(str, args)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3.0)  # past imports and model loading, well before 400 samples are done
+    time.sleep(3.0)  # past imports and model loading, well before 50,000 samples are done
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -104,8 +104,9 @@ def test_same_inputs_give_a_byte_identical_json_report(tmp_path):
     report = tmp_path / "report.json"
     contents = []
     for _ in range(2):
-        result = qdiverge("-q", "bisect", *_fixture("mix_pt_asym"), "--samples", "2", "--format", "json",
-                          "-o", report)
+        result = qdiverge(
+            "-q", "bisect", *_fixture("mix_pt_asym"), "--samples", "2", "--format", "json", "-o", report
+        )
         assert result.code == 0, result.stderr
         contents.append(report.read_bytes())
     assert contents[0] == contents[1]
@@ -175,8 +176,11 @@ def test_aimet_torch_module_keyed_file_says_which_file_to_use(tmp_path):
     case = FIXTURES / "mix_pt_asym"
     data = json.loads((case / "model-0.6.1.encodings").read_text())
     first = next(iter(data["activation_encodings"].values()))[0]
-    torch_style = {"activation_encodings": {"conv": {"input": {"0": first}, "output": {"0": first}}},
-                   "param_encodings": data["param_encodings"], "version": "0.6.1"}
+    torch_style = {
+        "activation_encodings": {"conv": {"input": {"0": first}, "output": {"0": first}}},
+        "param_encodings": data["param_encodings"],
+        "version": "0.6.1",
+    }
     path = write(torch_style, tmp_path, "model_torch.encodings")
     result = qdiverge("check", case / "model.onnx", path)
     assert result.code == 2 and len(result.lines) == 1

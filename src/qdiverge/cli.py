@@ -31,13 +31,26 @@ def _common(func):
     options = [
         click.argument("model", type=click.Path(dir_okay=False, path_type=Path)),
         click.argument("encodings", required=False, type=click.Path(dir_okay=False, path_type=Path)),
-        click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
-                     help="AIMET quantsim config JSON the model was quantized with (supergroups, per-channel)."),
-        click.option("--target", default="htp", show_default=True,
-                     help="Target profile: htp, hexagon-nn, tflite, onnx, or a YAML path;"
-                          " qnn-htp: the real HTP backend (onnxruntime-qnn) as the DSP side."),
-        click.option("--input-shape", "input_shapes", multiple=True, metavar="NAME:D1,D2,...",
-                     help="Fix a dynamic input shape, e.g. input:1,3,224,224 (repeatable)."),
+        click.option(
+            "--config",
+            "config",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="AIMET quantsim config JSON the model was quantized with (supergroups, per-channel).",
+        ),
+        click.option(
+            "--target",
+            default="htp",
+            show_default=True,
+            help="Target profile: htp, hexagon-nn, tflite, onnx, or a YAML path;"
+            " qnn-htp: the real HTP backend (onnxruntime-qnn) as the DSP side.",
+        ),
+        click.option(
+            "--input-shape",
+            "input_shapes",
+            multiple=True,
+            metavar="NAME:D1,D2,...",
+            help="Fix a dynamic input shape, e.g. input:1,3,224,224 (repeatable).",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -46,10 +59,19 @@ def _common(func):
 
 def _inputs(func):
     options = [
-        click.option("--inputs", "inputs", type=click.Path(dir_okay=False, path_type=Path),
-                     help=".npy (one input, first axis = samples), .npz keyed by input name, or input_list.txt."),
-        click.option("--samples", default=0, show_default="all, or 4 random", type=int,
-                     help="Number of samples to use; random inputs within the input encoding without --inputs."),
+        click.option(
+            "--inputs",
+            "inputs",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help=".npy (one input, first axis = samples), .npz keyed by input name, or input_list.txt.",
+        ),
+        click.option(
+            "--samples",
+            default=0,
+            show_default="all, or 4 random",
+            type=int,
+            help="Number of samples to use; random inputs within the input encoding without --inputs.",
+        ),
         click.option("--seed", default=0, show_default=True, type=int, help="Seed for random inputs."),
     ]
     for option in reversed(options):
@@ -77,8 +99,13 @@ def _workspace(model, encodings, config, target, input_shapes):
 
 def _htp_arch(func):
     """``--htp-arch``: the Hexagon architecture the qnn-htp target (and ``run --engine htp``) simulates."""
-    return click.option("--htp-arch", type=click.Choice(["68", "69", "73", "75", "79", "81"]), default="73",
-                        show_default=True, help="HTP architecture for --target qnn-htp / --engine htp.")(func)
+    return click.option(
+        "--htp-arch",
+        type=click.Choice(["68", "69", "73", "75", "79", "81"]),
+        default="73",
+        show_default=True,
+        help="HTP architecture for --target qnn-htp / --engine htp.",
+    )(func)
 
 
 def _source(ws, inputs, samples, seed, default_samples: int = 4):
@@ -109,17 +136,39 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 @cli.command()
 @_common
 @_inputs
-@click.option("--engine", type=click.Choice(["float", "sim", "emulate", "htp"]), default="sim",
-              show_default=True,
-              help="float: the FP32 model; sim: AIMET QuantSim reproduction; emulate: fixed-point DSP"
-                   " emulator; htp: the QDQ model on Qualcomm's HTP backend (onnxruntime-qnn).")
+@click.option(
+    "--engine",
+    type=click.Choice(["float", "sim", "emulate", "htp"]),
+    default="sim",
+    show_default=True,
+    help="float: the FP32 model; sim: AIMET QuantSim reproduction; emulate: fixed-point DSP"
+    " emulator; htp: the QDQ model on Qualcomm's HTP backend (onnxruntime-qnn).",
+)
 @_htp_arch
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Output .npz (arrays keyed by ONNX tensor name, first axis = samples).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Output .npz (arrays keyed by ONNX tensor name, first axis = samples).",
+)
 @click.option("--dump-all", is_flag=True, help="Write every encoded tensor, not just the model outputs.")
 @click.option("--integers", is_flag=True, help="emulate only: also write raw integer codes as NAME::codes.")
-def run(model, encodings, config, target, input_shapes, inputs, samples, seed, engine, htp_arch, output,
-        dump_all, integers):
+def run(
+    model,
+    encodings,
+    config,
+    target,
+    input_shapes,
+    inputs,
+    samples,
+    seed,
+    engine,
+    htp_arch,
+    output,
+    dump_all,
+    integers,
+):
     """Run one engine over the inputs and write the outputs as float arrays."""
     from qdiverge.runner import run_engine
 
@@ -204,31 +253,93 @@ def _progress(enabled: bool):
 @cli.command()
 @_common
 @_inputs
-@click.option("--mode", "modes", default="split,layerwise,cumulative", show_default=True,
-              help="Comma list of split, layerwise, cumulative, search.")
+@click.option(
+    "--mode",
+    "modes",
+    default="split,layerwise,cumulative",
+    show_default=True,
+    help="Comma list of split, layerwise, cumulative, search.",
+)
 @_htp_arch
-@click.option("--metric", type=click.Choice(["sqnr", "mse", "cosine", "top1", "lsb"]), default="sqnr",
-              show_default=True, help="Ranking metric (final-output divergence each cut adds).")
-@click.option("--search-threshold", type=float, default=30.0, show_default=True,
-              help="search mode: first cut whose final-output SQNR (dB) falls below this.")
+@click.option(
+    "--metric",
+    type=click.Choice(["sqnr", "mse", "cosine", "top1", "lsb"]),
+    default="sqnr",
+    show_default=True,
+    help="Ranking metric (final-output divergence each cut adds).",
+)
+@click.option(
+    "--search-threshold",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="search mode: first cut whose final-output SQNR (dB) falls below this.",
+)
 @click.option("--top", type=int, default=20, show_default=True, help="Rows in table/markdown output.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown", "junit", "html"]),
-              default="table", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
-@click.option("--fail-under-sqnr", multiple=True, metavar="[TENSOR:]DB", help="Gate: SQNR (dB) at least this.")
-@click.option("--fail-over-lsb", multiple=True, metavar="[TENSOR:]N", help="Gate: max |diff| in LSB at most this.")
-@click.option("--fail-under-top1", multiple=True, metavar="[TENSOR:]F", help="Gate: top-1 agreement at least F.")
-@click.option("--gate-scope", type=click.Choice(["final", "layers", "all"]), default="final", show_default=True,
-              help="Apply the gate to the final outputs, to every layer, or both.")
-@click.option("--baseline", type=click.Path(dir_okay=False, path_type=Path),
-              help="An earlier --format json report; fail on regressions against it.")
-@click.option("--what-if", "what_if", multiple=True, metavar="CHANGE",
-              help="Re-run with a change and show how much divergence it removes: per-channel[=NODE,...],"
-                   " bias-bits=8|32, encoding=TENSOR:MIN,MAX (repeatable).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv", "markdown", "junit", "html"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
+)
+@click.option(
+    "--fail-under-sqnr", multiple=True, metavar="[TENSOR:]DB", help="Gate: SQNR (dB) at least this."
+)
+@click.option(
+    "--fail-over-lsb", multiple=True, metavar="[TENSOR:]N", help="Gate: max |diff| in LSB at most this."
+)
+@click.option(
+    "--fail-under-top1", multiple=True, metavar="[TENSOR:]F", help="Gate: top-1 agreement at least F."
+)
+@click.option(
+    "--gate-scope",
+    type=click.Choice(["final", "layers", "all"]),
+    default="final",
+    show_default=True,
+    help="Apply the gate to the final outputs, to every layer, or both.",
+)
+@click.option(
+    "--baseline",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="An earlier --format json report; fail on regressions against it.",
+)
+@click.option(
+    "--what-if",
+    "what_if",
+    multiple=True,
+    metavar="CHANGE",
+    help="Re-run with a change and show how much divergence it removes: per-channel[=NODE,...],"
+    " bias-bits=8|32, encoding=TENSOR:MIN,MAX (repeatable).",
+)
 @click.pass_context
-def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples, seed, modes, htp_arch,
-           metric, search_threshold, top, fmt, output, fail_under_sqnr, fail_over_lsb, fail_under_top1,
-           gate_scope, baseline, what_if):
+def bisect(
+    ctx,
+    model,
+    encodings,
+    config,
+    target,
+    input_shapes,
+    inputs,
+    samples,
+    seed,
+    modes,
+    htp_arch,
+    metric,
+    search_threshold,
+    top,
+    fmt,
+    output,
+    fail_under_sqnr,
+    fail_over_lsb,
+    fail_under_top1,
+    gate_scope,
+    baseline,
+    what_if,
+):
     """Split the graph at every layer (DSP prefix, sim suffix) and rank layers by divergence.
 
     \b
@@ -241,8 +352,8 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
     """
     from qdiverge.diagnosis.whatif import parse_what_if
     from qdiverge.driver.bisect import MODES, Bisector
-    from qdiverge.driver.whatif import run_what_if
     from qdiverge.driver.report import build_report, run_info
+    from qdiverge.driver.whatif import run_what_if
     from qdiverge.pipeline import QNN_HTP
     from qdiverge.reports import write_report
     from qdiverge.reports.model import Report, Thresholds, parse_limits
@@ -314,11 +425,23 @@ def _why(findings, outcome):
 
 @cli.command()
 @_common
-@click.option("--fail-on", type=click.Choice(["info", "warning", "error", "never"]), default="error",
-              show_default=True, help="Exit 1 when a finding has at least this severity.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown", "junit", "html"]),
-              default="table", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here.")
+@click.option(
+    "--fail-on",
+    type=click.Choice(["info", "warning", "error", "never"]),
+    default="error",
+    show_default=True,
+    help="Exit 1 when a finding has at least this severity.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv", "markdown", "junit", "html"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
+)
 @click.option("--top", type=int, default=50, show_default=True, help="Rows in table/markdown output.")
 def check(model, encodings, config, target, input_shapes, fail_on, fmt, output, top):
     """Static checks only (no inputs needed): what in the model, encodings or target arithmetic will diverge.
@@ -338,32 +461,74 @@ def check(model, encodings, config, target, input_shapes, fail_on, fmt, output, 
     counts = {sev: sum(f.severity == sev for f in findings) for sev in SEVERITIES}
     summary = ", ".join(f"{n} {sev}" for sev, n in counts.items())
     elapsed = time.perf_counter() - start
-    if fail_on != "never" and any(SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on) for f in findings):
+    if fail_on != "never" and any(
+        SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on) for f in findings
+    ):
         raise GateFailed(f"findings: {summary} (--fail-on {fail_on})")
     click.echo(f"PASSED | {elapsed:.1f}s | findings: {summary}", err=True)
 
 
 @cli.command()
 @_common
-@click.option("--device-outputs", "device_outputs", required=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="qnn-net-run/snpe-net-run --output_dir of a --debug run (Result_N/<tensor>.raw).")
-@click.option("--inputs", "inputs", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The input list (or .npy/.npz) the device ran, in the same sample order.")
+@click.option(
+    "--device-outputs",
+    "device_outputs",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="qnn-net-run/snpe-net-run --output_dir of a --debug run (Result_N/<tensor>.raw).",
+)
+@click.option(
+    "--inputs",
+    "inputs",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The input list (or .npy/.npz) the device ran, in the same sample order.",
+)
 @click.option("--samples", default=0, show_default="all", type=int, help="Use only the first N samples.")
-@click.option("--layout", type=click.Choice(["nchw", "nhwc"]), default="nchw", show_default=True,
-              help="Layout of rank-4 dumps (nhwc: channel-last, transposed back to ONNX order).")
-@click.option("--mode", "modes", default="split,cumulative", show_default=True,
-              help="Comma list of split, cumulative.")
-@click.option("--metric", type=click.Choice(["sqnr", "mse", "cosine", "top1", "lsb"]), default="sqnr",
-              show_default=True, help="Ranking metric (final-output divergence each cut adds).")
+@click.option(
+    "--layout",
+    type=click.Choice(["nchw", "nhwc"]),
+    default="nchw",
+    show_default=True,
+    help="Layout of rank-4 dumps (nhwc: channel-last, transposed back to ONNX order).",
+)
+@click.option(
+    "--mode", "modes", default="split,cumulative", show_default=True, help="Comma list of split, cumulative."
+)
+@click.option(
+    "--metric",
+    type=click.Choice(["sqnr", "mse", "cosine", "top1", "lsb"]),
+    default="sqnr",
+    show_default=True,
+    help="Ranking metric (final-output divergence each cut adds).",
+)
 @click.option("--top", type=int, default=20, show_default=True, help="Rows in table/markdown output.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown", "junit", "html"]),
-              default="table", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the report here.")
-def compare(model, encodings, config, target, input_shapes, device_outputs, inputs, samples, layout, modes,
-            metric, top, fmt, output):
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json", "csv", "markdown", "junit", "html"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
+)
+def compare(
+    model,
+    encodings,
+    config,
+    target,
+    input_shapes,
+    device_outputs,
+    inputs,
+    samples,
+    layout,
+    modes,
+    metric,
+    top,
+    fmt,
+    output,
+):
     """Rank layers by sim-vs-device divergence from a real device run's per-tensor dumps.
 
     The device is the DSP side of bisect: cumulative compares every dumped tensor with the sim, split

@@ -27,15 +27,23 @@ def run_checks(ctx: CheckContext, rules: Iterable[str] | None = None) -> list[Fi
     findings = [f for name in names for f in CHECKS[name](ctx)]
     order = {node.name: node.index for node in ctx.model.nodes}
     rule_order = {name: i for i, name in enumerate(CHECKS)}
-    return sorted(findings, key=lambda f: (
-        -SEVERITIES.index(f.severity),
-        order.get(str(f.numbers.get("node", "")), len(order)),
-        rule_order.get(f.rule, len(rule_order)),
-        f.rule, str(f.numbers.get("tensor", "")), f.message,
-    ))
+    return sorted(
+        findings,
+        key=lambda f: (
+            -SEVERITIES.index(f.severity),
+            order.get(str(f.numbers.get("node", "")), len(order)),
+            rule_order.get(f.rule, len(rule_order)),
+            f.rule,
+            str(f.numbers.get("tensor", "")),
+            f.message,
+        ),
+    )
 
 
 def attach(findings: Sequence[Finding], node_or_tensor: str) -> tuple[Finding, ...]:
     """The findings whose node or tensor is ``node_or_tensor`` (for a ranked layer's "why" column)."""
-    return tuple(f for f in findings
-                 if node_or_tensor and node_or_tensor in (f.numbers.get("node"), f.numbers.get("tensor")))
+    return tuple(
+        f
+        for f in findings
+        if node_or_tensor and node_or_tensor in (f.numbers.get("node"), f.numbers.get("tensor"))
+    )

@@ -35,32 +35,55 @@ def activation_range(ctx: CheckContext) -> list[Finding]:
         scale = float(np.max(enc.scale))
         width = float(np.max(enc.max - enc.min))
         if scale <= FLOAT32_EPS * (1 + 1e-6):
-            found.append(finding(
-                "activation-range", "warning",
-                f"degenerate encoding: scale {scale:.3g} is AIMET's minimum, so the tensor was constant"
-                f" during calibration; any value beyond ±{width / 2:.2g} saturates",
-                node=node, tensor=name, fix="calibrate with data that exercises this tensor",
-                scale=scale, range=width))
+            found.append(
+                finding(
+                    "activation-range",
+                    "warning",
+                    f"degenerate encoding: scale {scale:.3g} is AIMET's minimum, so the tensor was constant"
+                    f" during calibration; any value beyond ±{width / 2:.2g} saturates",
+                    node=node,
+                    tensor=name,
+                    fix="calibrate with data that exercises this tensor",
+                    scale=scale,
+                    range=width,
+                )
+            )
         elif width < lim.min_range:
-            found.append(finding(
-                "activation-range", "info",
-                f"range {width:.3g} is below the {lim.min_range:g} minimum some converters enforce (SNPE);"
-                " such a converter widens the encoding and every code changes",
-                node=node, tensor=name, fix="pin the encoding on the converter (quantization overrides)",
-                scale=scale, range=width, min_range=lim.min_range))
+            found.append(
+                finding(
+                    "activation-range",
+                    "info",
+                    f"range {width:.3g} is below the {lim.min_range:g} minimum some converters enforce (SNPE);"
+                    " such a converter widens the encoding and every code changes",
+                    node=node,
+                    tensor=name,
+                    fix="pin the encoding on the converter (quantization overrides)",
+                    scale=scale,
+                    range=width,
+                    min_range=lim.min_range,
+                )
+            )
         observed = (ctx.observed or {}).get(name)
         if observed is not None and observed[2] >= lim.clip_fraction:
             lo, hi, frac = observed
-            found.append(finding(
-                "activation-range", "error" if frac >= lim.clip_fraction_error else "warning",
-                f"{frac:.1%} of the observed values fall outside the encoding range"
-                f" [{float(np.min(enc.min)):.4g}, {float(np.max(enc.max)):.4g}]"
-                f" (observed [{lo:.4g}, {hi:.4g}]);"
-                " both sides clip them, and the clipped error dwarfs rounding differences",
-                node=node, tensor=name,
-                fix=f"recalibrate on data like these inputs (what-if: encoding={name}:{lo:.6g},{hi:.6g})",
-                observed_min=lo, observed_max=hi, fraction_clipped=frac,
-                encoding_min=float(np.min(enc.min)), encoding_max=float(np.max(enc.max))))
+            found.append(
+                finding(
+                    "activation-range",
+                    "error" if frac >= lim.clip_fraction_error else "warning",
+                    f"{frac:.1%} of the observed values fall outside the encoding range"
+                    f" [{float(np.min(enc.min)):.4g}, {float(np.max(enc.max)):.4g}]"
+                    f" (observed [{lo:.4g}, {hi:.4g}]);"
+                    " both sides clip them, and the clipped error dwarfs rounding differences",
+                    node=node,
+                    tensor=name,
+                    fix=f"recalibrate on data like these inputs (what-if: encoding={name}:{lo:.6g},{hi:.6g})",
+                    observed_min=lo,
+                    observed_max=hi,
+                    fraction_clipped=frac,
+                    encoding_min=float(np.min(enc.min)),
+                    encoding_max=float(np.max(enc.max)),
+                )
+            )
     return found
 
 
@@ -70,10 +93,14 @@ def _node_fn(model: Model, node: Node, dtype: int) -> Callable[[np.ndarray], np.
     single = onnx.NodeProto()
     single.CopyFrom(model.proto.graph.node[node.index])
     graph = helper.make_graph(
-        [single], "lut", [helper.make_tensor_value_info(single.input[0], dtype, None)],
-        [helper.make_tensor_value_info(single.output[0], dtype, None)])
-    proto = helper.make_model(graph, opset_imports=model.proto.opset_import,
-                              ir_version=model.proto.ir_version)
+        [single],
+        "lut",
+        [helper.make_tensor_value_info(single.input[0], dtype, None)],
+        [helper.make_tensor_value_info(single.output[0], dtype, None)],
+    )
+    proto = helper.make_model(
+        graph, opset_imports=model.proto.opset_import, ir_version=model.proto.ir_version
+    )
     if dtype == TensorProto.FLOAT:
         session = make_session(proto)
         return lambda x: session.run(None, {single.input[0]: x})[0]
@@ -115,16 +142,24 @@ def lut_gap(ctx: CheckContext) -> list[Finding]:
         if not diff.any() and not over:
             continue
         severity = "warning" if over or diff.max() >= 2 else "info"
-        found.append(finding(
-            "lut-gap", severity,
-            f"the target's {enc_in.bitwidth}-bit {node.op_type} table ({lut.compute}, {lut.rounding})"
-            f" differs from the sim on {int(np.count_nonzero(diff))} of {table.size} input codes"
-            f" (max {int(diff.max())} LSB);"
-            f" {over} codes are more than {ctx.limits.lut_lsb:g} LSB from the exact function"
-            f" (max {float(gap.max()):.3g})",
-            node=node.name, tensor=node.outputs[0],
-            fix="ties round differently (sim: half away from zero); larger gaps come from the table's"
+        found.append(
+            finding(
+                "lut-gap",
+                severity,
+                f"the target's {enc_in.bitwidth}-bit {node.op_type} table ({lut.compute}, {lut.rounding})"
+                f" differs from the sim on {int(np.count_nonzero(diff))} of {table.size} input codes"
+                f" (max {int(diff.max())} LSB);"
+                f" {over} codes are more than {ctx.limits.lut_lsb:g} LSB from the exact function"
+                f" (max {float(gap.max()):.3g})",
+                node=node.name,
+                tensor=node.outputs[0],
+                fix="ties round differently (sim: half away from zero); larger gaps come from the table's"
                 " precision or the output encoding: 16-bit activations here shrink both",
-            codes=table.size, codes_differ=int(np.count_nonzero(diff)), max_diff_lsb=int(diff.max()),
-            codes_over_exact=over, max_exact_gap_lsb=float(gap.max())))
+                codes=table.size,
+                codes_differ=int(np.count_nonzero(diff)),
+                max_diff_lsb=int(diff.max()),
+                codes_over_exact=over,
+                max_exact_gap_lsb=float(gap.max()),
+            )
+        )
     return found

@@ -91,20 +91,31 @@ def bias_int32_saturation(ctx: CheckContext) -> list[Finding]:
         s_out = _out_scale(lin)
         lsb = float(err[c] / s_out) if s_out else None
         severity = "warning" if lsb is not None and lsb < ctx.limits.bias_lsb else "error"
-        numbers = {"channels": bias.size, "saturated": int(over.sum()), "worst_channel": c,
-                   "bias": float(bias[c]), "representable": float(limit[c]), "error": float(err[c]),
-                   "acc_scale": float(acc_scale[c])}
+        numbers = {
+            "channels": bias.size,
+            "saturated": int(over.sum()),
+            "worst_channel": c,
+            "bias": float(bias[c]),
+            "representable": float(limit[c]),
+            "error": float(err[c]),
+            "acc_scale": float(acc_scale[c]),
+        }
         if lsb is not None:
             numbers["error_lsb"] = lsb
-        found.append(finding(
-            "bias-int32-saturation", severity,
-            f"{int(over.sum())} of {bias.size} channels: |bias| exceeds int32 at s_in*s_w; channel {c} bias"
-            f" {bias[c]:.4g} saturates at ±{limit[c]:.4g} (error {err[c]:.3g}"
-            + (f", {lsb:.3g} output LSB)" if lsb is not None else ")"),
-            node=lin.node.name, tensor=name,
-            fix="enlarge the weight scale of those channels so |b| < 2^31*s_in*s_w (AIMET's weight-scale"
+        found.append(
+            finding(
+                "bias-int32-saturation",
+                severity,
+                f"{int(over.sum())} of {bias.size} channels: |bias| exceeds int32 at s_in*s_w; channel {c} bias"
+                f" {bias[c]:.4g} saturates at ±{limit[c]:.4g} (error {err[c]:.3g}"
+                + (f", {lsb:.3g} output LSB)" if lsb is not None else ")"),
+                node=lin.node.name,
+                tensor=name,
+                fix="enlarge the weight scale of those channels so |b| < 2^31*s_in*s_w (AIMET's weight-scale"
                 " adjustment does this); tiny scales usually come from dead channels",
-            **numbers))
+                **numbers,
+            )
+        )
     return found
 
 
@@ -125,17 +136,30 @@ def bias_precision(ctx: CheckContext) -> list[Finding]:
             continue
         severity = "error" if lsb[c] >= ctx.limits.bias_lsb_error else "warning"
         how = f"the {bits}-bit bias (s_b = max|b|/127)" if bits == 8 else f"the int{bits} bias at s_in*s_w"
-        fix = ("use a 32-bit bias (qairt-quantizer --bias_bitwidth 32; what-if: bias-bits=32)" if bits < 32
-               else "the bias step s_in*s_w is coarse against the output LSB (M >= 1): narrow s_in or s_w")
-        found.append(finding(
-            "bias-precision", severity,
-            f"{how} is off by up to {lsb[c]:.3g} output LSB ({int(np.sum(lsb >= ctx.limits.bias_lsb))} of"
-            f" {bias.size} channels over {ctx.limits.bias_lsb:g}); channel {c}: {bias[c]:.4g} becomes"
-            f" {target[c]:.4g}",
-            node=lin.node.name, tensor=name, fix=fix,
-            bias_bits=bits, channels=bias.size, channels_over=int(np.sum(lsb >= ctx.limits.bias_lsb)),
-            worst_channel=c, worst_lsb=float(lsb[c]), output_scale=s_out,
-            per_channel_lsb=worst_channels(lsb)))
+        fix = (
+            "use a 32-bit bias (qairt-quantizer --bias_bitwidth 32; what-if: bias-bits=32)"
+            if bits < 32
+            else "the bias step s_in*s_w is coarse against the output LSB (M >= 1): narrow s_in or s_w"
+        )
+        found.append(
+            finding(
+                "bias-precision",
+                severity,
+                f"{how} is off by up to {lsb[c]:.3g} output LSB ({int(np.sum(lsb >= ctx.limits.bias_lsb))} of"
+                f" {bias.size} channels over {ctx.limits.bias_lsb:g}); channel {c}: {bias[c]:.4g} becomes"
+                f" {target[c]:.4g}",
+                node=lin.node.name,
+                tensor=name,
+                fix=fix,
+                bias_bits=bits,
+                channels=bias.size,
+                channels_over=int(np.sum(lsb >= ctx.limits.bias_lsb)),
+                worst_channel=c,
+                worst_lsb=float(lsb[c]),
+                output_scale=s_out,
+                per_channel_lsb=worst_channels(lsb),
+            )
+        )
     return found
 
 
@@ -166,12 +190,21 @@ def requant_multiplier(ctx: CheckContext) -> list[Finding]:
         m = effective_multiplier(lin.in_scale, lin.w_scale, s_out, spec.scale_precision)
         if m.max() >= HUGE_MULTIPLIER:
             c = int(np.argmax(m))
-            found.append(finding(
-                "requant-multiplier", "error",
-                f"channel {c}: M = {m[c]:.3g}: one accumulator step is {m[c]:.3g} output LSB, so the output"
-                " encoding is degenerate against s_in*s_w and every output saturates",
-                node=node.name, tensor=lin.out_tensor, fix="recalibrate the output encoding of this layer",
-                multiplier=float(m[c]), form=spec.multiplier, worst_channel=c, channels=m.size))
+            found.append(
+                finding(
+                    "requant-multiplier",
+                    "error",
+                    f"channel {c}: M = {m[c]:.3g}: one accumulator step is {m[c]:.3g} output LSB, so the output"
+                    " encoding is degenerate against s_in*s_w and every output saturates",
+                    node=node.name,
+                    tensor=lin.out_tensor,
+                    fix="recalibrate the output encoding of this layer",
+                    multiplier=float(m[c]),
+                    form=spec.multiplier,
+                    worst_channel=c,
+                    channels=m.size,
+                )
+            )
             continue
         params = prepare_requant(m, spec, 0)
         top = (1 << lin.out.bitwidth) - 1
@@ -190,19 +223,34 @@ def requant_multiplier(ctx: CheckContext) -> list[Finding]:
             c = int(np.argmax(flushed))
             what = f"M = {m[c]:.3g} flushes to 0 in {spec.multiplier} form: the output is the zero point only"
         elif overflow[c] > precision[c]:
-            what = (f"M = {m[c]:.3g} is applied with a left shift by {int(params.left_shift[c])} that wraps"
-                    f" large accumulators instead of saturating (up to {overflow[c]:.0f} LSB off)")
+            what = (
+                f"M = {m[c]:.3g} is applied with a left shift by {int(params.left_shift[c])} that wraps"
+                f" large accumulators instead of saturating (up to {overflow[c]:.0f} LSB off)"
+            )
         else:
-            what = (f"M = {m[c]:.3g} has too few bits in {spec.multiplier} form: up to {precision[c]:.3g} LSB"
-                    " off (rounding alone is 0.5)")
+            what = (
+                f"M = {m[c]:.3g} has too few bits in {spec.multiplier} form: up to {precision[c]:.3g} LSB"
+                " off (rounding alone is 0.5)"
+            )
         severity = "error" if flushed.any() or worst - 0.5 > ctx.limits.requant_lsb_error else "warning"
-        found.append(finding(
-            "requant-multiplier", severity, f"channel {c}: {what}", node=node.name, tensor=lin.out_tensor,
-            fix="keep s_in*s_w/s_out inside the multiplier's range: widen tiny weight scales (dead channels),"
+        found.append(
+            finding(
+                "requant-multiplier",
+                severity,
+                f"channel {c}: {what}",
+                node=node.name,
+                tensor=lin.out_tensor,
+                fix="keep s_in*s_w/s_out inside the multiplier's range: widen tiny weight scales (dead channels),"
                 " or narrow the output encoding when M >= 1",
-            multiplier=float(m[c]), form=spec.multiplier, worst_channel=c, max_error_lsb=worst,
-            flushed=int(flushed.sum()), channels=m.size,
-            channels_over=int(np.sum(np.maximum(precision, overflow) - 0.5 > ctx.limits.requant_lsb))))
+                multiplier=float(m[c]),
+                form=spec.multiplier,
+                worst_channel=c,
+                max_error_lsb=worst,
+                flushed=int(flushed.sum()),
+                channels=m.size,
+                channels_over=int(np.sum(np.maximum(precision, overflow) - 0.5 > ctx.limits.requant_lsb)),
+            )
+        )
     return found
 
 
@@ -226,16 +274,30 @@ def rescale_mismatch(ctx: CheckContext) -> list[Finding]:
         out, _ = ctx.output_encoding(node)
         s_out = float(out.scale[0]) if out is not None and not out.is_float and not out.per_channel else None
         lost = float(np.log2(s_out / scales[fine])) if s_out else None
-        numbers = {"ratio": ratio, "fine_scale": scales[fine], "coarse_scale": scales[coarse],
-                   "fine_input": fine, "coarse_input": coarse}
+        numbers = {
+            "ratio": ratio,
+            "fine_scale": scales[fine],
+            "coarse_scale": scales[coarse],
+            "fine_input": fine,
+            "coarse_input": coarse,
+        }
         if s_out is not None:
             numbers |= {"output_scale": s_out, "bits_lost": lost}
-        found.append(finding(
-            "rescale-mismatch", "warning",
-            f"input scales differ {ratio:.1f}x ({fine} {scales[fine]:.3g} vs {coarse} {scales[coarse]:.3g})"
-            + (f"; {fine} loses {lost:.1f} bits rescaling to the output scale {s_out:.3g}" if lost else "")
-            + "; small differences in the rescale's rounding and multiplier show here",
-            node=node.name, tensor=node.outputs[0],
-            fix="bring the input ranges closer (a shared encoding, or 16-bit activations on this branch)",
-            **numbers))
+        found.append(
+            finding(
+                "rescale-mismatch",
+                "warning",
+                f"input scales differ {ratio:.1f}x ({fine} {scales[fine]:.3g} vs {coarse} {scales[coarse]:.3g})"
+                + (
+                    f"; {fine} loses {lost:.1f} bits rescaling to the output scale {s_out:.3g}"
+                    if lost
+                    else ""
+                )
+                + "; small differences in the rescale's rounding and multiplier show here",
+                node=node.name,
+                tensor=node.outputs[0],
+                fix="bring the input ranges closer (a shared encoding, or 16-bit activations on this branch)",
+                **numbers,
+            )
+        )
     return found

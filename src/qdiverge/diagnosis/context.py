@@ -25,12 +25,37 @@ from qdiverge.reports.model import Finding
 # Ops with a weight whose output channels get a requantization multiplier s_in * s_w[c] / s_out
 LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # Ops whose float output an integer target must hold in some encoding
-COMPUTE_OPS = LINEAR_OPS | frozenset({
-    "Add", "Sub", "Mul", "Div", "Concat", "Relu", "Clip", "PRelu", "LeakyRelu", "HardSwish", "HardSigmoid",
-    "Sigmoid", "Tanh", "Erf", "Gelu", "Exp", "Elu", "Softplus", "Softmax", "AveragePool",
-    "GlobalAveragePool", "ReduceMean", "Resize", "BatchNormalization", "InstanceNormalization",
-    "LayerNormalization", "GroupNormalization",
-})
+COMPUTE_OPS = LINEAR_OPS | frozenset(
+    {
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Concat",
+        "Relu",
+        "Clip",
+        "PRelu",
+        "LeakyRelu",
+        "HardSwish",
+        "HardSigmoid",
+        "Sigmoid",
+        "Tanh",
+        "Erf",
+        "Gelu",
+        "Exp",
+        "Elu",
+        "Softplus",
+        "Softmax",
+        "AveragePool",
+        "GlobalAveragePool",
+        "ReduceMean",
+        "Resize",
+        "BatchNormalization",
+        "InstanceNormalization",
+        "LayerNormalization",
+        "GroupNormalization",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -148,8 +173,16 @@ def per_channel_scale(enc: Encoding, channels: int) -> np.ndarray:
     return np.broadcast_to(scale, (channels,)) if scale.size == 1 else scale
 
 
-def finding(rule: str, severity: str, message: str, *, node: str, tensor: str, fix: str = "",
-            **numbers: float | int | str) -> Finding:
+def finding(
+    rule: str,
+    severity: str,
+    message: str,
+    *,
+    node: str,
+    tensor: str,
+    fix: str = "",
+    **numbers: float | int | str,
+) -> Finding:
     """A ``Finding`` that names its node and tensor in ``numbers`` (``attach`` matches on them); numpy
     scalars become plain Python numbers so reports serialize them."""
     plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in numbers.items()}

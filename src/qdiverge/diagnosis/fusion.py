@@ -30,8 +30,9 @@ def missing_target_encoding(ctx: CheckContext) -> list[Finding]:
         if node.op_type not in COMPUTE_OPS or not node.outputs or not node.outputs[0]:
             continue
         tensor = node.outputs[0]
-        if ctx.own_encoding(tensor) is not None or not (ctx.model.consumers.get(tensor) or
-                                                        tensor in ctx.model.outputs):
+        if ctx.own_encoding(tensor) is not None or not (
+            ctx.model.consumers.get(tensor) or tensor in ctx.model.outputs
+        ):
             continue
         nxt = ctx.sole_consumer(tensor)
         if nxt is not None and ctx.fuses(node, nxt.op_type):
@@ -48,24 +49,43 @@ def missing_target_encoding(ctx: CheckContext) -> list[Finding]:
         observed = (ctx.observed or {}).get(tensor)
         if observed is not None:
             derived = encoding_from_range(tensor, observed[0], observed[1])
-            numbers |= {"observed_min": observed[0], "observed_max": observed[1],
-                        "derived_scale": float(derived.scale[0]), "derived_offset": float(derived.offset[0])}
+            numbers |= {
+                "observed_min": observed[0],
+                "observed_max": observed[1],
+                "derived_scale": float(derived.scale[0]),
+                "derived_offset": float(derived.offset[0]),
+            }
         if chain:
             numbers["chain"] = "+".join(chain)
             pair = f"{node.op_type}+{nxt.op_type}" if nxt is not None else numbers["chain"]
-            message = (f"the sim fused {numbers['chain']} (no quantizer on this tensor) but"
-                       f" {ctx.profile.name} does not fuse {pair}: the target requantizes it to an encoding"
-                       " the converter derives")
+            message = (
+                f"the sim fused {numbers['chain']} (no quantizer on this tensor) but"
+                f" {ctx.profile.name} does not fuse {pair}: the target requantizes it to an encoding"
+                " the converter derives"
+            )
             severity = "error"
-            fix = (f"remove the {'+'.join(chain)} supergroup from the quantsim config and re-export, so the"
-                   " sim quantizes this tensor too (or target a profile that fuses the chain)")
+            fix = (
+                f"remove the {'+'.join(chain)} supergroup from the quantsim config and re-export, so the"
+                " sim quantizes this tensor too (or target a profile that fuses the chain)"
+            )
         else:
-            message = (f"no encoding for this {node.op_type} output: the converter derives one"
-                       f" ({ctx.profile.derive_missing}) from data the sim never saw")
+            message = (
+                f"no encoding for this {node.op_type} output: the converter derives one"
+                f" ({ctx.profile.derive_missing}) from data the sim never saw"
+            )
             severity = "warning"
             fix = "enable the output quantizer of this op in the quantsim config and re-export"
-        found.append(finding("missing-target-encoding", severity, message, node=node.name, tensor=tensor,
-                             fix=fix, **numbers))
+        found.append(
+            finding(
+                "missing-target-encoding",
+                severity,
+                message,
+                node=node.name,
+                tensor=tensor,
+                fix=fix,
+                **numbers,
+            )
+        )
     return found
 
 
@@ -89,13 +109,18 @@ def sim_only_quantizer(ctx: CheckContext) -> list[Finding]:
         bound = numbers.get("extra_rounding_lsb")
         harmless = bound is not None and bound < 0.5 and nxt.op_type in MONOTONE_CLAMPS
         severity = "info" if harmless else "warning"
-        found.append(finding(
-            "sim-only-quantizer", severity,
-            f"the sim rounds and clamps this {node.op_type} output to its own encoding (scale {s_t:.3g})"
-            f" before {nxt.op_type}; {ctx.profile.name} fuses {node.op_type}+{nxt.op_type} and never does"
-            + (f" (up to {bound:.2g} output LSB from that rounding alone)" if bound is not None else ""),
-            node=node.name, tensor=tensor,
-            fix=f"add a {node.op_type}+{nxt.op_type} supergroup to the quantsim config so the sim fuses like"
+        found.append(
+            finding(
+                "sim-only-quantizer",
+                severity,
+                f"the sim rounds and clamps this {node.op_type} output to its own encoding (scale {s_t:.3g})"
+                f" before {nxt.op_type}; {ctx.profile.name} fuses {node.op_type}+{nxt.op_type} and never does"
+                + (f" (up to {bound:.2g} output LSB from that rounding alone)" if bound is not None else ""),
+                node=node.name,
+                tensor=tensor,
+                fix=f"add a {node.op_type}+{nxt.op_type} supergroup to the quantsim config so the sim fuses like"
                 " the target, and re-export",
-            **numbers))
+                **numbers,
+            )
+        )
     return found

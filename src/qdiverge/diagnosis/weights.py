@@ -40,17 +40,25 @@ def per_tensor_weight_collapse(ctx: CheckContext) -> list[Finding]:
         levels = np.array([np.unique(r).size for r in rows])
         worst = int(np.argmin(np.where(live, levels, np.iinfo(np.int64).max)))
         kind = "depthwise " if is_depthwise(node, w) else ""
-        found.append(finding(
-            "per-tensor-weight-collapse", "error" if dead.any() else "warning",
-            f"{int(collapsed.sum())} of {rows.shape[0]} output channels of this {kind}{node.op_type} have"
-            f" max|w| < {k:g} LSB of the per-tensor weight scale {scale:.3g}"
-            f" ({int(dead.sum())} dead: every code 0); channel {worst} keeps {int(levels[worst])} levels",
-            node=node.name, tensor=name,
-            fix=f"quantize this layer's weights per channel (what-if: per-channel={node.name})",
-            channels=rows.shape[0], collapsed=int(collapsed.sum()), dead=int(dead.sum()),
-            worst_channel=worst, worst_channel_levels=int(levels[worst]), scale=scale,
-            depthwise=int(bool(kind)),
-        ))
+        found.append(
+            finding(
+                "per-tensor-weight-collapse",
+                "error" if dead.any() else "warning",
+                f"{int(collapsed.sum())} of {rows.shape[0]} output channels of this {kind}{node.op_type} have"
+                f" max|w| < {k:g} LSB of the per-tensor weight scale {scale:.3g}"
+                f" ({int(dead.sum())} dead: every code 0); channel {worst} keeps {int(levels[worst])} levels",
+                node=node.name,
+                tensor=name,
+                fix=f"quantize this layer's weights per channel (what-if: per-channel={node.name})",
+                channels=rows.shape[0],
+                collapsed=int(collapsed.sum()),
+                dead=int(dead.sum()),
+                worst_channel=worst,
+                worst_channel_levels=int(levels[worst]),
+                scale=scale,
+                depthwise=int(bool(kind)),
+            )
+        )
     return found
 
 
@@ -72,23 +80,47 @@ def weight_symmetry(ctx: CheckContext) -> list[Finding]:
         zp = enc.zero_point.reshape(-1)
         if not np.any(zp != 0):
             continue
-        numbers = {"bitwidth": enc.bitwidth, "channels": zp.size, "nonzero_zero_points": int(np.sum(zp != 0)),
-                   "unsigned": int(not enc.signed), "zero_point": float(zp[np.argmax(zp != 0)])}
-        fix = ("export symmetric signed weights (quantsim config: params weight is_symmetric True,"
-               " unsigned_symmetric False)")
+        numbers = {
+            "bitwidth": enc.bitwidth,
+            "channels": zp.size,
+            "nonzero_zero_points": int(np.sum(zp != 0)),
+            "unsigned": int(not enc.signed),
+            "zero_point": float(zp[np.argmax(zp != 0)]),
+        }
+        fix = (
+            "export symmetric signed weights (quantsim config: params weight is_symmetric True,"
+            " unsigned_symmetric False)"
+        )
         if enc.per_channel:
-            severity, why = "error", ("per-channel weights need symmetric int8 (zero point 0) on HTP;"
-                                      " the converter must re-derive them or the build fails")
+            severity, why = (
+                "error",
+                (
+                    "per-channel weights need symmetric int8 (zero point 0) on HTP;"
+                    " the converter must re-derive them or the build fails"
+                ),
+            )
         elif enc.bitwidth > 8:
             severity, why = "error", f"QNN has no asymmetric int{enc.bitwidth} conv weights"
         else:
-            severity, why = "warning", ("how the target applies a weight zero point is not public (HTP"
-                                        " measured about 17 dB lower output SQNR than symmetric weights"
-                                        " on a MobileNetV3-style net)")
-        found.append(finding(
-            "weight-symmetry", severity,
-            f"{enc.describe()} weights with zero point {numbers['zero_point']:g}: {why}",
-            node=node.name, tensor=name, fix=fix, **numbers))
+            severity, why = (
+                "warning",
+                (
+                    "how the target applies a weight zero point is not public (HTP"
+                    " measured about 17 dB lower output SQNR than symmetric weights"
+                    " on a MobileNetV3-style net)"
+                ),
+            )
+        found.append(
+            finding(
+                "weight-symmetry",
+                severity,
+                f"{enc.describe()} weights with zero point {numbers['zero_point']:g}: {why}",
+                node=node.name,
+                tensor=name,
+                fix=fix,
+                **numbers,
+            )
+        )
     return found
 
 
@@ -107,13 +139,20 @@ def encoding_rederived(ctx: CheckContext) -> list[Finding]:
             continue
         node = ctx.node_of(name)
         if _is_strict(enc):
-            found.append(finding(
-                "encoding-rederived", "warning",
-                f"strict-symmetric encoding (offset {int(enc.offset.reshape(-1)[0])}): after loading, the"
-                f" sim clamps at +{1 << (enc.bitwidth - 1)}·scale, and the int{enc.bitwidth} zero point is"
-                " -1, which targets needing zero point 0 re-derive",
-                node=node, tensor=name, fix="export without strict_symmetric",
-                scale=float(enc.scale.reshape(-1)[0]), offset=float(enc.offset.reshape(-1)[0])))
+            found.append(
+                finding(
+                    "encoding-rederived",
+                    "warning",
+                    f"strict-symmetric encoding (offset {int(enc.offset.reshape(-1)[0])}): after loading, the"
+                    f" sim clamps at +{1 << (enc.bitwidth - 1)}·scale, and the int{enc.bitwidth} zero point is"
+                    " -1, which targets needing zero point 0 re-derive",
+                    node=node,
+                    tensor=name,
+                    fix="export without strict_symmetric",
+                    scale=float(enc.scale.reshape(-1)[0]),
+                    offset=float(enc.offset.reshape(-1)[0]),
+                )
+            )
     found += _int32_bias_scales(ctx)
     return found
 
@@ -141,13 +180,20 @@ def _int32_bias_scales(ctx: CheckContext) -> list[Finding]:
         if off.max() <= ctx.limits.scale_rtol:
             continue
         shared = len(ctx.model.consumers.get(bias_name, []))
-        found.append(finding(
-            "encoding-rederived", "warning",
-            f"declared int32 bias scale is up to {float(ratio[np.argmax(off)]):.4g}x s_in*s_w; HTP ignores"
-            " it and folds the bias at s_in*s_w, a converter that honours it computes a wrong bias"
-            + (f" (bias shared by {shared} nodes)" if shared > 1 else ""),
-            node=node.name, tensor=bias_name,
-            fix="re-quantize the bias per node at s_in*s_w[c] (or give each node its own bias initializer)",
-            worst_ratio=float(ratio[np.argmax(off)]), channels_off=int(np.sum(off > ctx.limits.scale_rtol)),
-            shared_by=shared, worst_channels=worst_channels(off)))
+        found.append(
+            finding(
+                "encoding-rederived",
+                "warning",
+                f"declared int32 bias scale is up to {float(ratio[np.argmax(off)]):.4g}x s_in*s_w; HTP ignores"
+                " it and folds the bias at s_in*s_w, a converter that honours it computes a wrong bias"
+                + (f" (bias shared by {shared} nodes)" if shared > 1 else ""),
+                node=node.name,
+                tensor=bias_name,
+                fix="re-quantize the bias per node at s_in*s_w[c] (or give each node its own bias initializer)",
+                worst_ratio=float(ratio[np.argmax(off)]),
+                channels_off=int(np.sum(off > ctx.limits.scale_rtol)),
+                shared_by=shared,
+                worst_channels=worst_channels(off),
+            )
+        )
     return found

@@ -32,8 +32,16 @@ def symmetric_per_channel(name: str, weight: np.ndarray, axis: int, bitwidth: in
     vmin, vmax = np.minimum(rows.min(axis=1), 0.0), np.maximum(rows.max(axis=1), 0.0)
     n_neg = 1 << (bitwidth - 1)
     scale = np.maximum(np.maximum(vmax / (n_neg - 1), -vmin / n_neg), MIN_SCALE).astype(np.float32)
-    return make_encoding(name, bitwidth, scale, -float(n_neg), signed=True, symmetric=True,
-                         axis=axis % weight.ndim, is_param=True)
+    return make_encoding(
+        name,
+        bitwidth,
+        scale,
+        -float(n_neg),
+        signed=True,
+        symmetric=True,
+        axis=axis % weight.ndim,
+        is_param=True,
+    )
 
 
 def per_channel(
@@ -66,8 +74,9 @@ def per_channel(
         in_enc = upstream_encoding(model, encset, node.inputs[0])
         if bias_name in int32_bias and in_enc is not None and not in_enc.is_float:
             scale = float(in_enc.scale.reshape(-1)[0]) * params[w_name].scale
-            int32_bias[bias_name] = make_encoding(bias_name, 32, scale, -float(1 << 31), signed=True,
-                                                  symmetric=True, axis=0, is_param=True)
+            int32_bias[bias_name] = make_encoding(
+                bias_name, 32, scale, -float(1 << 31), signed=True, symmetric=True, axis=0, is_param=True
+            )
     return dataclasses.replace(encset, params=params, int32_bias=int32_bias)
 
 
@@ -80,7 +89,12 @@ def bias_bits(profile: Profile, bits: int) -> Profile:
 
 
 def override_encoding(
-    encset: EncodingSet, tensor: str, vmin: float, vmax: float, *, bitwidth: int | None = None,
+    encset: EncodingSet,
+    tensor: str,
+    vmin: float,
+    vmax: float,
+    *,
+    bitwidth: int | None = None,
     model: Model | None = None,
 ) -> EncodingSet:
     """Copy of ``encset`` where activation ``tensor`` gets the asymmetric encoding of ``[vmin, vmax]``

@@ -90,7 +90,9 @@ def _final_metric_value(m: TensorMetrics, metric: str) -> float:
 class Bisector:
     """Runs the requested modes for one workspace over an input source."""
 
-    def __init__(self, sim, emulator, float_engine, outputs: Sequence[str], output_encodings: dict[str, Encoding]):
+    def __init__(
+        self, sim, emulator, float_engine, outputs: Sequence[str], output_encodings: dict[str, Encoding]
+    ):
         self.sim = sim
         self.emu = emulator
         self.float = float_engine

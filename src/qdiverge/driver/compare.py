@@ -86,9 +86,11 @@ class DeviceSide:
         result = self.results[self._next]
         self._next += 1
         files = dumped_names(result)
-        wanted = self.names.tensors if keep == "all" else {
-            d: t for d, t in self.names.tensors.items() if t in self.model.outputs
-        }
+        wanted = (
+            self.names.tensors
+            if keep == "all"
+            else {d: t for d, t in self.names.tensors.items() if t in self.model.outputs}
+        )
         values = {t: self._load(files[d], t) for d, t in wanted.items() if d in files}
         lost = [o for o in self.model.outputs if o not in values]
         if lost:

@@ -22,7 +22,9 @@ class Cut:
     live: tuple[str, ...]
 
 
-def plan_cuts(model: Model, step_nodes: Sequence[Sequence[str]], step_outputs: Sequence[Sequence[str]]) -> list[Cut]:
+def plan_cuts(
+    model: Model, step_nodes: Sequence[Sequence[str]], step_outputs: Sequence[Sequence[str]]
+) -> list[Cut]:
     """One cut after graph-input quantization and one after every step, with their live tensors.
 
     ``step_nodes[k]`` are the model node names executed by step ``k``; ``step_outputs[k]`` the tensors it
@@ -48,11 +50,7 @@ def plan_cuts(model: Model, step_nodes: Sequence[Sequence[str]], step_outputs: S
     cuts = []
     for k in range(-1, len(step_nodes)):
         live = tuple(
-            sorted(
-                t
-                for t, p in produced_at.items()
-                if p <= k and (last_read.get(t, -1) > k or t in outputs)
-            )
+            sorted(t for t, p in produced_at.items() if p <= k and (last_read.get(t, -1) > k or t in outputs))
         )
         cuts.append(Cut(k, live))
     return cuts

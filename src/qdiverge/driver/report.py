@@ -20,6 +20,7 @@ from qdiverge.reports.model import (
     RunInfo,
 )
 
+
 def report_flags(step_flags: Sequence[str]) -> tuple[str, ...]:
     """Report flags from the emulator's step flags; fusion already shows in the op column (Conv+Relu)."""
     names = {"float-fallback": FLAG_FLOAT_FALLBACK, "derived-encoding": FLAG_DERIVED_ENCODING}
@@ -58,13 +59,19 @@ def build_report(
         for position, o in enumerate(ranked, start=1)
     )
     summary = tuple(
-        OutputSummary(name=name, emu_vs_sim=result.final_emu_vs_sim.get(name), sim_vs_float=result.final_sim_vs_float.get(name))
+        OutputSummary(
+            name=name,
+            emu_vs_sim=result.final_emu_vs_sim.get(name),
+            sim_vs_float=result.final_sim_vs_float.get(name),
+        )
         for name in outputs
     )
     return Report(schema_version=SCHEMA_VERSION, run=run, summary=summary, layers=layers)
 
 
-def run_info(ws, source, modes: Sequence[str], metric: str, command: Sequence[str], engines: Sequence[str]) -> RunInfo:
+def run_info(
+    ws, source, modes: Sequence[str], metric: str, command: Sequence[str], engines: Sequence[str]
+) -> RunInfo:
     """Run metadata: hashes and options, no timestamps (identical runs give identical reports)."""
     return RunInfo(
         qdiverge_version=__version__,

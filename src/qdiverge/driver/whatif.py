@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from qdiverge.diagnosis.whatif import WhatIf
-from qdiverge.driver.bisect import BisectResult, Bisector, final_divergence, rank
+from qdiverge.driver.bisect import Bisector, BisectResult, final_divergence, rank
 from qdiverge.loading.inputs import InputSource
 from qdiverge.pipeline import Workspace
 from qdiverge.reports.model import OutputSummary, WhatIfLayer, WhatIfResult
@@ -20,7 +20,9 @@ def run_what_if(
     changed = dataclasses.replace(ws, encodings=encodings, profile=profile, _engines={})
     emu = changed.emulator(source)
     outputs = list(ws.model.outputs)
-    bisector = Bisector(changed.sim(), emu, ws.float(), outputs, {o: emu.target_encodings.get(o) for o in outputs})
+    bisector = Bisector(
+        changed.sim(), emu, ws.float(), outputs, {o: emu.target_encodings.get(o) for o in outputs}
+    )
     result = bisector.run(source, ("split",), batch=changed.batch)
     total = final_divergence(base, metric)
     after = {o.nodes or (o.tensor,): o.contribution for o in rank(result, metric, total=total)}
@@ -30,7 +32,9 @@ def run_what_if(
         for o in ranked_before[:top]
     )
     summary = tuple(
-        OutputSummary(name=o, emu_vs_sim=result.final_emu_vs_sim.get(o), sim_vs_float=result.final_sim_vs_float.get(o))
+        OutputSummary(
+            name=o, emu_vs_sim=result.final_emu_vs_sim.get(o), sim_vs_float=result.final_sim_vs_float.get(o)
+        )
         for o in outputs
     )
     return WhatIfResult(spec=change.spec, summary=summary, layers=layers)

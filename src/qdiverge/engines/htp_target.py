@@ -171,7 +171,7 @@ class HtpTarget:
             if any(t is None for t in taps):
                 self._step_sessions[step.name] = None
             else:
-                ins, outs = taps[: len(step.inputs)], taps[len(step.inputs):]
+                ins, outs = taps[: len(step.inputs)], taps[len(step.inputs) :]
                 sub = extract_suffix(
                     self.proto,
                     [t.codes for t in ins],

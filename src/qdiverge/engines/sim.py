@@ -211,7 +211,9 @@ class OrtGraphEngine:
             # one thread: every cut keeps a session, and one intra-op pool (spinning threads) per session
             # made split mode ~10x slower on a busy 2-core machine (benchmarks/bench_bisect.py)
             session = (
-                make_session(sub, threads=1, optimize=self._optimize, arena=False, shared=self._shared_weights())
+                make_session(
+                    sub, threads=1, optimize=self._optimize, arena=False, shared=self._shared_weights()
+                )
                 if sub is not None
                 else None
             )

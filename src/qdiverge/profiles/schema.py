@@ -38,7 +38,15 @@ class LutSpec:
     """Non-linear activations as tables from input code to output code."""
 
     ops: tuple[str, ...] = (
-        "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Erf", "Gelu", "Exp", "Elu", "Softplus",
+        "HardSwish",
+        "HardSigmoid",
+        "Sigmoid",
+        "Tanh",
+        "Erf",
+        "Gelu",
+        "Exp",
+        "Elu",
+        "Softplus",
     )
     rounding: str = "half_even"
     compute: str = "float32"  # precision of f(x) when the table is built: float32 | float64

@@ -244,8 +244,12 @@ def report_from_dict(data: Any) -> Report:
                 summary=tuple(_summary(_typed(_get(w, "summary", where), list, f"{where}.summary"), where)),
                 layers=tuple(
                     WhatIfLayer(
-                        node=_typed(_get(x, "node", f"{where}.layers[{j}]"), str, f"{where}.layers[{j}].node"),
-                        before=_float(_get(x, "before", f"{where}.layers[{j}]"), f"{where}.layers[{j}].before"),
+                        node=_typed(
+                            _get(x, "node", f"{where}.layers[{j}]"), str, f"{where}.layers[{j}].node"
+                        ),
+                        before=_float(
+                            _get(x, "before", f"{where}.layers[{j}]"), f"{where}.layers[{j}].before"
+                        ),
                         after=_float(_get(x, "after", f"{where}.layers[{j}]"), f"{where}.layers[{j}].after"),
                     )
                     for j, x in enumerate(_typed(_get(w, "layers", where), list, f"{where}.layers"))

@@ -23,7 +23,15 @@ def _check(report: Report, top: int | None) -> str:
     rows = finding_rows(report, top)
     lines = [f"qdiverge {report.run.qdiverge_version} | target {report.run.target} | static checks"]
     if rows:
-        lines += ["", tabulate(rows, headers=FINDING_HEADERS, disable_numparse=True, maxcolwidths=[None, None, None, 40, 70, 50])]
+        lines += [
+            "",
+            tabulate(
+                rows,
+                headers=FINDING_HEADERS,
+                disable_numparse=True,
+                maxcolwidths=[None, None, None, 40, 70, 50],
+            ),
+        ]
     else:
         lines.append("no findings")
     return "\n".join(lines) + "\n"
@@ -35,7 +43,8 @@ def _what_if(report: Report) -> list[str]:
         lines += ["", f"what-if {w.spec}:"]
         lines += [f"  {summary_line(out)}" for out in w.summary]
         lines += [
-            f"  {layer.node}: contribution {fmt_pct(layer.before)} -> {fmt_pct(layer.after)}" for layer in w.layers
+            f"  {layer.node}: contribution {fmt_pct(layer.before)} -> {fmt_pct(layer.after)}"
+            for layer in w.layers
         ]
     return lines
 

@@ -306,7 +306,9 @@ class Emulator:
         if enc is None or enc.is_float:
             return QTensor(np.asarray(value), None)
         prof = self.profile
-        return QTensor(quantize_float(value, enc, prof.input_rounding, prof.input_reciprocal, prof.input_fp16), enc)
+        return QTensor(
+            quantize_float(value, enc, prof.input_rounding, prof.input_reciprocal, prof.input_fp16), enc
+        )
 
     def run(self, feeds: Mapping[str, np.ndarray], keep: str = "outputs") -> dict[str, QTensor]:
         """Run every step on float ``feeds``; return the graph outputs (``keep="all"``: every tensor)."""
