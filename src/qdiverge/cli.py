@@ -6,7 +6,6 @@ error (traceback only with ``--debug``), 130 interrupted.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import sys
@@ -182,6 +181,248 @@ def run(
     click.echo(f"wrote {output} ({source.samples} sample(s), engine {engine})")
 
 
+def _progress(enabled: bool):
+    """A one-line progress display on stderr, only on a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+
+    def show(message: str) -> None:
+        sys.stderr.write(f"\rRUNNING | {message:<60}")
+        sys.stderr.flush()
+
+    return show
+
+
+def _clear_progress(enabled: bool) -> None:
+    if enabled and sys.stderr.isatty():
+        sys.stderr.write("\r" + " " * 72 + "\r")
+
+
+def _options(*options):
+    """Apply a group of click options in the order listed."""
+
+    def apply(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
+
+
+def _report_options(top: int):
+    return _options(
+        click.option(
+            "--top", type=int, default=top, show_default=True, help="Rows in table/markdown output."
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(["table", "json", "csv", "markdown", "junit", "html"]),
+            default="table",
+            show_default=True,
+        ),
+        click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Report file."),
+    )
+
+
+_metric = click.option(
+    "--metric",
+    type=click.Choice(["sqnr", "mse", "cosine", "top1", "lsb"]),
+    default="sqnr",
+    show_default=True,
+    help="Ranking metric (final-output divergence each cut adds).",
+)
+
+_gate = _options(
+    click.option("--fail-under-sqnr", multiple=True, metavar="[TENSOR:]DB", help="Gate: SQNR >= DB."),
+    click.option("--fail-over-lsb", multiple=True, metavar="[TENSOR:]N", help="Gate: max |diff| <= N LSB."),
+    click.option(
+        "--fail-under-top1", multiple=True, metavar="[TENSOR:]F", help="Gate: top-1 agreement >= F."
+    ),
+    click.option(
+        "--gate-scope",
+        type=click.Choice(["final", "layers", "all"]),
+        default="final",
+        show_default=True,
+        help="Apply the gate to the final outputs, to every layer, or both.",
+    ),
+    click.option(
+        "--baseline",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="An earlier --format json report; fail on regressions against it.",
+    ),
+)
+
+
+def _command() -> list[str]:
+    return ["qdiverge", *sys.argv[1:]]
+
+
+def _finish(report, fmt: str, output: Path | None, top: int, start: float, details: str) -> None:
+    """Write the report, then turn the gate verdict into the last line and the exit code."""
+    from qdiverge.reports import write_report
+
+    write_report(report, fmt, output, top=top)
+    if report.gate is not None and not report.gate:
+        raise GateFailed(f"{len(report.gate.failures)} gate failure(s)")
+    click.echo(f"PASSED | {time.perf_counter() - start:.1f}s | {details}", err=True)
+
+
+@cli.command()
+@_common
+@_inputs
+@click.option(
+    "--mode",
+    "modes",
+    default="split,layerwise,cumulative",
+    show_default=True,
+    help="Comma list of split, layerwise, cumulative, search.",
+)
+@_htp_arch
+@_metric
+@click.option(
+    "--search-threshold",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="search mode: first cut whose final-output SQNR (dB) falls below this.",
+)
+@_report_options(top=20)
+@_gate
+@click.option(
+    "--what-if",
+    "what_if",
+    multiple=True,
+    metavar="CHANGE",
+    help="Re-run with a change and show how much divergence it removes: per-channel[=NODE,...],"
+    " bias-bits=8|32, encoding=TENSOR:MIN,MAX (repeatable).",
+)
+@click.pass_context
+def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples, seed, modes, htp_arch, metric,
+           search_threshold, top, fmt, output, fail_under_sqnr, fail_over_lsb, fail_under_top1, gate_scope,
+           baseline, what_if):  # fmt: skip
+    """Split the graph at every layer (DSP prefix, sim suffix) and rank layers by divergence.
+
+    \b
+    Modes (default: split, layerwise and cumulative together, sharing work):
+      split       prefix on the emulator, suffix on the sim; rank by the divergence each cut adds
+      layerwise   each op fed the sim's quantized inputs: the error the op itself adds, in LSB
+      cumulative  emulator vs sim end to end, compared at every tensor
+      search      binary search for the first cut below --search-threshold dB (fast CI gate)
+    Exit codes: 0 gate passed, 1 gate failed, 2 bad input or usage.
+    """
+    from qdiverge.diagnosis.whatif import parse_what_if
+    from qdiverge.driver.bisect import MODES
+    from qdiverge.driver.session import bisect_report, parse_modes
+    from qdiverge.reports.model import Report, Thresholds, parse_limits
+
+    start = time.perf_counter()
+    wanted = parse_modes(modes, MODES)
+    thresholds = Thresholds(
+        sqnr_db=parse_limits(fail_under_sqnr, "--fail-under-sqnr"),
+        max_lsb=parse_limits(fail_over_lsb, "--fail-over-lsb"),
+        top1=parse_limits(fail_under_top1, "--fail-under-top1"),
+        scope=gate_scope,
+    )
+    base = Report.from_json(baseline) if baseline else None
+    changes = [parse_what_if(spec) for spec in what_if]
+    ws = _workspace(model, encodings, config, target, input_shapes)
+    source = _source(ws, inputs, samples, seed)
+    show = not ctx.obj["quiet"]
+    report, result = bisect_report(
+        ws, source, wanted, metric, _command(), search_threshold, changes, int(htp_arch), _progress(show)
+    )
+    _clear_progress(show)
+    if thresholds.any or base is not None:
+        report = report.with_gate(thresholds, base)
+    if "search" in wanted:
+        where = "none" if result.search_first_cut is None else f"step {result.search_first_cut}"
+        click.echo(f"search: first cut below {search_threshold} dB: {where}", err=True)
+    _finish(report, fmt, output, top, start, f"{result.samples} sample(s), {len(result.steps)} layers")
+
+
+@cli.command()
+@_common
+@click.option(
+    "--fail-on",
+    type=click.Choice(["info", "warning", "error", "never"]),
+    default="error",
+    show_default=True,
+    help="Exit 1 when a finding has at least this severity.",
+)
+@_report_options(top=50)
+def check(model, encodings, config, target, input_shapes, fail_on, top, fmt, output):
+    """Static checks only (no inputs needed): what in the model, encodings or target arithmetic will diverge.
+
+    Each finding names a rule, a severity, the numbers behind it and a suggested fix.
+    Exit codes: 0 no finding at or above --fail-on, 1 otherwise, 2 bad input.
+    """
+    from qdiverge.driver import session
+    from qdiverge.reports import write_report
+    from qdiverge.reports.model import SEVERITIES
+
+    start = time.perf_counter()
+    ws = _workspace(model, encodings, config, target, input_shapes)
+    report, findings = session.check(ws, _command())
+    write_report(report, fmt, output, top=top)
+    counts = ", ".join(f"{sum(f.severity == sev for f in findings)} {sev}" for sev in SEVERITIES)
+    worst = max((SEVERITIES.index(f.severity) for f in findings), default=-1)
+    if fail_on != "never" and worst >= SEVERITIES.index(fail_on):
+        raise GateFailed(f"findings: {counts} (--fail-on {fail_on})")
+    click.echo(f"PASSED | {time.perf_counter() - start:.1f}s | findings: {counts}", err=True)
+
+
+@cli.command()
+@_common
+@click.option(
+    "--device-outputs",
+    "device_outputs",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="qnn-net-run/snpe-net-run --output_dir of a --debug run (Result_N/<tensor>.raw).",
+)
+@click.option(
+    "--inputs",
+    "inputs",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The input list (or .npy/.npz) the device ran, in the same sample order.",
+)
+@click.option("--samples", default=0, show_default="all", type=int, help="Use only the first N samples.")
+@click.option(
+    "--layout",
+    type=click.Choice(["nchw", "nhwc"]),
+    default="nchw",
+    show_default=True,
+    help="Layout of rank-4 dumps (nhwc: channel-last, transposed back to ONNX order).",
+)
+@click.option(
+    "--mode", "modes", default="split,cumulative", show_default=True, help="Comma list of split, cumulative."
+)
+@_metric
+@_report_options(top=20)
+def compare(model, encodings, config, target, input_shapes, device_outputs, inputs, samples, layout, modes,
+            metric, top, fmt, output):  # fmt: skip
+    """Rank layers by sim-vs-device divergence from a real device run's per-tensor dumps.
+
+    The device is the DSP side of bisect: cumulative compares every dumped tensor with the sim, split
+    feeds the device's tensors into the sim suffix. Missing tensors are reported, not fatal.
+    """
+    from qdiverge.driver.compare import COMPARE_MODES
+    from qdiverge.driver.session import compare_report, parse_modes
+
+    start = time.perf_counter()
+    wanted = parse_modes(modes, COMPARE_MODES)
+    ws = _workspace(model, encodings, config, target, input_shapes)
+    source = _source(ws, inputs, samples, 0)
+    report, result, dumps = compare_report(ws, source, device_outputs, layout, wanted, metric, _command())
+    details = (
+        f"{result.samples} sample(s), {dumps.matched} dumped tensor(s) matched,"
+        f" {len(dumps.missing)} layer tensor(s) missing, {len(dumps.unmatched)} unmatched"
+    )
+    _finish(report, fmt, output, top, start, details)
+
+
 def _ort_failure(exc: Exception) -> str | None:
     """One line for an onnxruntime error raised while running the model, else None.
 
@@ -236,328 +477,3 @@ def main() -> None:
 
 
 __all__ = ["GateFailed", "InputError", "cli", "main"]
-
-
-def _progress(enabled: bool):
-    """A one-line progress display on stderr, only on a terminal."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-
-    def show(message: str) -> None:
-        sys.stderr.write(f"\rRUNNING | {message:<60}")
-        sys.stderr.flush()
-
-    return show
-
-
-@cli.command()
-@_common
-@_inputs
-@click.option(
-    "--mode",
-    "modes",
-    default="split,layerwise,cumulative",
-    show_default=True,
-    help="Comma list of split, layerwise, cumulative, search.",
-)
-@_htp_arch
-@click.option(
-    "--metric",
-    type=click.Choice(["sqnr", "mse", "cosine", "top1", "lsb"]),
-    default="sqnr",
-    show_default=True,
-    help="Ranking metric (final-output divergence each cut adds).",
-)
-@click.option(
-    "--search-threshold",
-    type=float,
-    default=30.0,
-    show_default=True,
-    help="search mode: first cut whose final-output SQNR (dB) falls below this.",
-)
-@click.option("--top", type=int, default=20, show_default=True, help="Rows in table/markdown output.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv", "markdown", "junit", "html"]),
-    default="table",
-    show_default=True,
-)
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
-)
-@click.option(
-    "--fail-under-sqnr", multiple=True, metavar="[TENSOR:]DB", help="Gate: SQNR (dB) at least this."
-)
-@click.option(
-    "--fail-over-lsb", multiple=True, metavar="[TENSOR:]N", help="Gate: max |diff| in LSB at most this."
-)
-@click.option(
-    "--fail-under-top1", multiple=True, metavar="[TENSOR:]F", help="Gate: top-1 agreement at least F."
-)
-@click.option(
-    "--gate-scope",
-    type=click.Choice(["final", "layers", "all"]),
-    default="final",
-    show_default=True,
-    help="Apply the gate to the final outputs, to every layer, or both.",
-)
-@click.option(
-    "--baseline",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="An earlier --format json report; fail on regressions against it.",
-)
-@click.option(
-    "--what-if",
-    "what_if",
-    multiple=True,
-    metavar="CHANGE",
-    help="Re-run with a change and show how much divergence it removes: per-channel[=NODE,...],"
-    " bias-bits=8|32, encoding=TENSOR:MIN,MAX (repeatable).",
-)
-@click.pass_context
-def bisect(
-    ctx,
-    model,
-    encodings,
-    config,
-    target,
-    input_shapes,
-    inputs,
-    samples,
-    seed,
-    modes,
-    htp_arch,
-    metric,
-    search_threshold,
-    top,
-    fmt,
-    output,
-    fail_under_sqnr,
-    fail_over_lsb,
-    fail_under_top1,
-    gate_scope,
-    baseline,
-    what_if,
-):
-    """Split the graph at every layer (DSP prefix, sim suffix) and rank layers by divergence.
-
-    \b
-    Modes (default: split, layerwise and cumulative together, sharing work):
-      split       prefix on the emulator, suffix on the sim; rank by the divergence each cut adds
-      layerwise   each op fed the sim's quantized inputs: the error the op itself adds, in LSB
-      cumulative  emulator vs sim end to end, compared at every tensor
-      search      binary search for the first cut below --search-threshold dB (fast CI gate)
-    Exit codes: 0 gate passed, 1 gate failed, 2 bad input or usage.
-    """
-    from qdiverge.diagnosis.whatif import parse_what_if
-    from qdiverge.driver.bisect import MODES, Bisector
-    from qdiverge.driver.report import build_report, run_info
-    from qdiverge.driver.whatif import run_what_if
-    from qdiverge.pipeline import QNN_HTP
-    from qdiverge.reports import write_report
-    from qdiverge.reports.model import Report, Thresholds, parse_limits
-
-    start = time.perf_counter()
-    wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
-    unknown = [m for m in wanted if m not in MODES]
-    if unknown or not wanted:
-        raise InputError(f"--mode {modes!r}: choose from {', '.join(MODES)}")
-    thresholds = Thresholds(
-        sqnr_db=parse_limits(fail_under_sqnr, "--fail-under-sqnr"),
-        max_lsb=parse_limits(fail_over_lsb, "--fail-over-lsb"),
-        top1=parse_limits(fail_under_top1, "--fail-under-top1"),
-        scope=gate_scope,
-    )
-    base = Report.from_json(baseline) if baseline else None
-    changes = [parse_what_if(spec) for spec in what_if]
-    ws = _workspace(model, encodings, config, target, input_shapes)
-    source = _source(ws, inputs, samples, seed)
-    ws = ws.batched(source)
-    emu = ws.dsp(source, int(htp_arch))
-    if changes and ws.target == QNN_HTP:
-        raise InputError("--what-if re-runs the emulator; it is not available with --target qnn-htp")
-    outputs = list(ws.model.outputs)
-    bisector = Bisector(ws.sim(), emu, ws.float(), outputs, {o: emu.target_encodings.get(o) for o in outputs})
-    result = bisector.run(
-        source, wanted, search_threshold, progress=_progress(not ctx.obj["quiet"]), batch=ws.batch
-    )
-    if sys.stderr.isatty() and not ctx.obj["quiet"]:
-        sys.stderr.write("\r" + " " * 72 + "\r")
-    dsp_name = f"qnn-htp:v{htp_arch}" if ws.target == QNN_HTP else f"emulate:{ws.profile.name}"
-    info = run_info(ws, source, wanted, metric, ["qdiverge", *sys.argv[1:]], ["sim", dsp_name])
-    findings = _findings(ws)
-    report = build_report(result, info, outputs, metric, why=lambda o: _why(findings, o))
-    if changes:
-        if "split" not in wanted:
-            raise InputError("--what-if needs split mode (it compares per-layer contributions)")
-        report = dataclasses.replace(
-            report, what_if=tuple(run_what_if(ws, source, c, result, metric) for c in changes)
-        )
-    if thresholds.any or base is not None:
-        report = report.with_gate(thresholds, base)
-    write_report(report, fmt, output, top=top)
-    if "search" in wanted:
-        where = "none" if result.search_first_cut is None else f"step {result.search_first_cut}"
-        click.echo(f"search: first cut below {search_threshold} dB: {where}", err=True)
-    elapsed = time.perf_counter() - start
-    if report.gate is not None and not report.gate:
-        raise GateFailed(f"{len(report.gate.failures)} gate failure(s)")
-    click.echo(f"PASSED | {elapsed:.1f}s | {result.samples} sample(s), {len(result.steps)} layers", err=True)
-
-
-def _findings(ws):
-    from qdiverge.diagnosis import CheckContext, run_checks
-
-    return run_checks(CheckContext(ws.model, ws.encodings, ws.profile, ws.config))
-
-
-def _why(findings, outcome):
-    """Findings attached to any node or tensor of a ranked step (fused nodes included)."""
-    from qdiverge.diagnosis import attach
-
-    seen: dict[int, object] = {}
-    for name in (*outcome.nodes, outcome.tensor):
-        for f in attach(findings, name):
-            seen.setdefault(id(f), f)
-    return tuple(seen.values())
-
-
-@cli.command()
-@_common
-@click.option(
-    "--fail-on",
-    type=click.Choice(["info", "warning", "error", "never"]),
-    default="error",
-    show_default=True,
-    help="Exit 1 when a finding has at least this severity.",
-)
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv", "markdown", "junit", "html"]),
-    default="table",
-    show_default=True,
-)
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
-)
-@click.option("--top", type=int, default=50, show_default=True, help="Rows in table/markdown output.")
-def check(model, encodings, config, target, input_shapes, fail_on, fmt, output, top):
-    """Static checks only (no inputs needed): what in the model, encodings or target arithmetic will diverge.
-
-    Each finding names a rule, a severity, the numbers behind it and a suggested fix.
-    Exit codes: 0 no finding at or above --fail-on, 1 otherwise, 2 bad input.
-    """
-    from qdiverge.driver.report import check_report
-    from qdiverge.reports import write_report
-    from qdiverge.reports.model import SEVERITIES
-
-    start = time.perf_counter()
-    ws = _workspace(model, encodings, config, target, input_shapes)
-    findings = _findings(ws)
-    report = check_report(ws, findings, ["qdiverge", *sys.argv[1:]])
-    write_report(report, fmt, output, top=top)
-    counts = {sev: sum(f.severity == sev for f in findings) for sev in SEVERITIES}
-    summary = ", ".join(f"{n} {sev}" for sev, n in counts.items())
-    elapsed = time.perf_counter() - start
-    if fail_on != "never" and any(
-        SEVERITIES.index(f.severity) >= SEVERITIES.index(fail_on) for f in findings
-    ):
-        raise GateFailed(f"findings: {summary} (--fail-on {fail_on})")
-    click.echo(f"PASSED | {elapsed:.1f}s | findings: {summary}", err=True)
-
-
-@cli.command()
-@_common
-@click.option(
-    "--device-outputs",
-    "device_outputs",
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="qnn-net-run/snpe-net-run --output_dir of a --debug run (Result_N/<tensor>.raw).",
-)
-@click.option(
-    "--inputs",
-    "inputs",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The input list (or .npy/.npz) the device ran, in the same sample order.",
-)
-@click.option("--samples", default=0, show_default="all", type=int, help="Use only the first N samples.")
-@click.option(
-    "--layout",
-    type=click.Choice(["nchw", "nhwc"]),
-    default="nchw",
-    show_default=True,
-    help="Layout of rank-4 dumps (nhwc: channel-last, transposed back to ONNX order).",
-)
-@click.option(
-    "--mode", "modes", default="split,cumulative", show_default=True, help="Comma list of split, cumulative."
-)
-@click.option(
-    "--metric",
-    type=click.Choice(["sqnr", "mse", "cosine", "top1", "lsb"]),
-    default="sqnr",
-    show_default=True,
-    help="Ranking metric (final-output divergence each cut adds).",
-)
-@click.option("--top", type=int, default=20, show_default=True, help="Rows in table/markdown output.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "csv", "markdown", "junit", "html"]),
-    default="table",
-    show_default=True,
-)
-@click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the report here."
-)
-def compare(
-    model,
-    encodings,
-    config,
-    target,
-    input_shapes,
-    device_outputs,
-    inputs,
-    samples,
-    layout,
-    modes,
-    metric,
-    top,
-    fmt,
-    output,
-):
-    """Rank layers by sim-vs-device divergence from a real device run's per-tensor dumps.
-
-    The device is the DSP side of bisect: cumulative compares every dumped tensor with the sim, split
-    feeds the device's tensors into the sim suffix. Missing tensors are reported, not fatal.
-    """
-    from qdiverge.driver.bisect import Bisector
-    from qdiverge.driver.compare import COMPARE_MODES, DeviceSide, log_summary
-    from qdiverge.driver.report import build_report, run_info
-    from qdiverge.reports import write_report
-
-    start = time.perf_counter()
-    wanted = tuple(m.strip() for m in modes.split(",") if m.strip())
-    if not wanted or any(m not in COMPARE_MODES for m in wanted):
-        raise InputError(f"--mode {modes!r}: choose from {', '.join(COMPARE_MODES)}")
-    ws = _workspace(model, encodings, config, target, input_shapes)
-    source = _source(ws, inputs, samples, 0)
-    device = DeviceSide(device_outputs, ws.emulator(source), layout)
-    log_summary(device.summary)
-    outputs = list(ws.model.outputs)
-    encs = {o: device.target_encodings.get(o) for o in outputs}
-    result = Bisector(ws.sim(), device, ws.float(), outputs, encs).run(source, wanted)
-    engines = ["sim", f"device:{device_outputs}"]
-    info = run_info(ws, source, wanted, metric, ["qdiverge", *sys.argv[1:]], engines)
-    findings = _findings(ws)
-    report = build_report(result, info, outputs, metric, why=lambda o: _why(findings, o))
-    write_report(report, fmt, output, top=top)
-    s = device.summary
-    click.echo(
-        f"PASSED | {time.perf_counter() - start:.1f}s | {result.samples} sample(s), {s.matched} dumped"
-        f" tensor(s) matched, {len(s.missing)} layer tensor(s) missing, {len(s.unmatched)} unmatched",
-        err=True,
-    )

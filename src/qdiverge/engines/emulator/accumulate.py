@@ -63,6 +63,12 @@ class OrtSum:
         self._session: Any = None
         self._row_size: dict[tuple[int, ...], int] = {}  # output elements per input row, by row shape
 
+    def codes(self, x: np.ndarray, epilogue: Epilogue, axis: int) -> np.ndarray:
+        """Output codes of ``x``: the session's own, or its accumulator finished by ``epilogue`` (channels
+        along ``axis``)."""
+        y = self(x)
+        return y if self.requantizes else epilogue(y, axis=axis)
+
     def _run(self, x: np.ndarray) -> np.ndarray:
         # one numpy pass from integer codes (faster than an ORT Cast + Sub); exact, codes are below 2^24
         centred = np.subtract(x, self.x_zero, dtype=np.float32)

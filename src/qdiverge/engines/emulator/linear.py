@@ -112,6 +112,14 @@ class Epilogue:
         return np.clip(q, self.qmin, self.qmax)
 
 
+class WeightKernel:
+    """Base of the weight-bearing kernels (Conv, ConvTranspose, Gemm, MatMul): how the runner treats them."""
+
+    fuses = True  # applies Binding.fused activations in its epilogue
+    reads_constants = False  # weights and bias are prepared from the binding
+    narrow_inputs = True  # any integer dtype: the input is converted to float once anyway
+
+
 def code_radius(enc: Encoding) -> int:
     """``max |q - z|`` over the encoding's code range."""
     z = int(np.asarray(enc.zero_point).reshape(-1)[0])
@@ -138,6 +146,22 @@ def quantized_weights(b: Binding, index: int, channel_axis: int) -> tuple[np.nda
     codes = quantize_float(w, enc, b.profile.weight_rounding)
     zero = enc.broadcast(enc.zero_point.astype(np.int64), w.ndim)
     return codes - zero, np.asarray(enc.scale, dtype=np.float64).reshape(-1)
+
+
+def constant_weight(b: Binding) -> np.ndarray:
+    """The float weight input 1 of a Conv/ConvTranspose; a computed one is ``Unsupported``."""
+    w = b.constants[1]
+    if w is None:
+        raise Unsupported(f"{b.node.op_type} with non-constant weights")
+    return w
+
+
+def constant_bias(b: Binding) -> np.ndarray | None:
+    """The float bias input 2 of a Conv/ConvTranspose, ``None`` when absent; a computed one is ``Unsupported``."""
+    bias = b.constants[2] if len(b.constants) > 2 else None
+    if len(b.node.inputs) > 2 and b.node.inputs[2] and bias is None:
+        raise Unsupported(f"{b.node.op_type} with a non-constant bias")
+    return bias
 
 
 def stacked_matmul(w: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -172,15 +196,17 @@ def accumulator_dtype(bound: float, what: str) -> type:
     raise Unsupported(f"{what}: accumulator bound {bound:.3g} exceeds exact float64 accumulation")
 
 
-def make_epilogue(
+def prepare_accumulation(
     b: Binding,
     in_enc: Encoding,
     w_scale: np.ndarray,
     bias: np.ndarray | None,
     bound: float,
     alpha: float = 1.0,
-) -> Epilogue:
-    """Bias quantization, requantization and the fused activations of a weight-bearing node ``b``."""
+) -> tuple[type, Epilogue]:
+    """(float dtype of the exact sum, ``accumulator_dtype`` of ``bound``; the epilogue after it: bias
+    quantization, requantization and the fused activations) of a weight-bearing node ``b``."""
+    dtype = accumulator_dtype(bound, b.node.name)
     prof = b.profile
     out = activation_encoding(b.output_encodings[0] if b.output_encodings else None, "output")
     acc_scale = float(in_enc.scale[0]) * w_scale * alpha
@@ -213,7 +239,7 @@ def make_epilogue(
         and spec.zero_point == "after"
         and (spec.multiplier == "float64" or (spec.multiplier == "float32" and total < FLOAT32_EXACT))
     )
-    return Epilogue(
+    return dtype, Epilogue(
         bias=bias_q,
         overflow=prof.accumulator,
         needs_int32=total >= 1 << 31,

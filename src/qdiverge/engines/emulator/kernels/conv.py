@@ -19,11 +19,13 @@ from numpy.lib.stride_tricks import sliding_window_view
 from qdiverge.engines.emulator.accumulate import OrtSum, conv_sum
 from qdiverge.engines.emulator.linear import (
     Epilogue,
-    accumulator_dtype,
+    WeightKernel,
     activation_encoding,
     code_radius,
     compact_ints,
-    make_epilogue,
+    constant_bias,
+    constant_weight,
+    prepare_accumulation,
     quantized_weights,
     stacked_matmul,
 )
@@ -105,6 +107,11 @@ def _as_2d(x: np.ndarray, one_d: bool) -> np.ndarray:
     return x[:, :, None, :] if one_d else x
 
 
+def _as_1d(y: np.ndarray, one_d: bool) -> np.ndarray:
+    """Undo ``_as_2d`` on an output."""
+    return y[:, :, 0, :] if one_d else y
+
+
 def _padded(x: np.ndarray, x_zero: int, dtype: type, pads: tuple[int, int, int, int]) -> np.ndarray:
     """``x - z_x`` in the accumulation dtype, zero-padded (= padding with the zero point)."""
     xf = x.astype(dtype)
@@ -149,32 +156,21 @@ def _im2col_matmul(xp: np.ndarray, p: ConvParams, out_hw: tuple[int, int]) -> np
 
 
 @kernel("Conv")
-class Conv:
-    fuses = True  # applies Binding.fused activations in its epilogue
-    reads_constants = False  # weights and bias are prepared from the binding
-    narrow_inputs = True  # any integer dtype: the input is converted to float once anyway
-
+class Conv(WeightKernel):
     @staticmethod
     def prepare(b: Binding) -> ConvParams:
         x_enc = activation_encoding(b.input_encodings[0], "input")
-        w = b.constants[1]
-        if w is None:
-            raise Unsupported("Conv with non-constant weights")
-        g = _geometry(b, w.shape)
+        g = _geometry(b, constant_weight(b).shape)
         wz, w_scale = quantized_weights(b, 1, 0)
         m, cg = wz.shape[:2]
         if m % g.group:
             raise Unsupported("output channels not divisible by group")
         wz = wz.reshape(m, cg, *g.kernel)
         bound = code_radius(x_enc) * float(np.abs(wz).reshape(m, -1).sum(axis=1).max())
-        dtype = accumulator_dtype(bound, b.node.name)
-        bias = b.constants[2] if len(b.constants) > 2 else None
-        if len(b.node.inputs) > 2 and b.node.inputs[2] and bias is None:
-            raise Unsupported("Conv with a non-constant bias")
+        dtype, epilogue = prepare_accumulation(b, x_enc, w_scale, constant_bias(b), bound)
         depthwise = cg == 1 and g.group > 1
         weights = wz[:, 0] if depthwise else wz.reshape(g.group, m // g.group, -1)
         x_zero = int(x_enc.zero_point[0])
-        epilogue = make_epilogue(b, x_enc, w_scale, bias, bound)
         # onnxruntime refuses SAME auto-padding with dilations; those few convs stay on numpy
         fast = dtype is np.float32 and not (g.auto_pad.startswith("SAME") and g.dilations != (1, 1))
         return ConvParams(
@@ -192,10 +188,8 @@ class Conv:
         if p.ort is None:
             y = p.epilogue(conv_accumulate(p, x), axis=1)
         else:
-            y = p.ort(_as_2d(x, p.geometry.one_d))
-            if not p.ort.requantizes:
-                y = p.epilogue(y, axis=1)
-        return y[:, :, 0, :] if p.geometry.one_d else y
+            y = p.ort.codes(_as_2d(x, p.geometry.one_d), p.epilogue, axis=1)
+        return _as_1d(y, p.geometry.one_d)
 
 
 def _ort_attrs(g: ConvGeometry) -> dict[str, object]:
@@ -266,17 +260,11 @@ def _transpose_pads(
 
 
 @kernel("ConvTranspose")
-class ConvTranspose:
-    fuses = True  # applies Binding.fused activations in its epilogue
-    reads_constants = False  # weights and bias are prepared from the binding
-    narrow_inputs = True  # any integer dtype: the input is converted to float once anyway
-
+class ConvTranspose(WeightKernel):
     @staticmethod
     def prepare(b: Binding) -> ConvTransposeParams:
         x_enc = activation_encoding(b.input_encodings[0], "input")
-        w = b.constants[1]
-        if w is None:
-            raise Unsupported("ConvTranspose with non-constant weights")
+        w = constant_weight(b)
         g = _geometry(b, w.shape)
         c, mg = w.shape[:2]
         enc = b.param_encodings[1]
@@ -287,10 +275,7 @@ class ConvTranspose:
         m = mg * g.group
         per_out = np.abs(wz).reshape(g.group, c // g.group, mg, -1).sum(axis=(1, 3)).reshape(m)
         bound = code_radius(x_enc) * float(per_out.max())
-        dtype = accumulator_dtype(bound, b.node.name)
-        bias = b.constants[2] if len(b.constants) > 2 else None
-        if len(b.node.inputs) > 2 and b.node.inputs[2] and bias is None:
-            raise Unsupported("ConvTranspose with a non-constant bias")
+        dtype, epilogue = prepare_accumulation(b, x_enc, w_scale, constant_bias(b), bound)
         cg = c // g.group
         wt = wz.reshape(g.group, cg, mg * g.kernel[0] * g.kernel[1]).transpose(0, 2, 1)
         out_pad = tuple(int(v) for v in b.node.attr("output_padding", [0] * (w.ndim - 2)))
@@ -306,7 +291,7 @@ class ConvTranspose:
             output_shape=None if shape is None else tuple(int(v) for v in shape[-2:]),
             x_zero=int(x_enc.zero_point[0]),
             dtype=dtype,
-            epilogue=make_epilogue(b, x_enc, w_scale, bias, bound),
+            epilogue=epilogue,
         )
 
     @staticmethod
@@ -327,5 +312,4 @@ class ConvTranspose:
                 ] += cols[:, :, i, j]
         t, left, bottom, r = pads
         acc = full[:, :, t : fh - bottom, left : fw - r]
-        y = p.epilogue(acc, axis=1)
-        return y[:, :, 0, :] if g.one_d else y
+        return _as_1d(p.epilogue(acc, axis=1), g.one_d)

@@ -14,14 +14,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qdiverge.encodings.schema import Encoding
 from qdiverge.engines.emulator.accumulate import OrtSum, matmul_sum
 from qdiverge.engines.emulator.linear import (
     Epilogue,
-    accumulator_dtype,
+    WeightKernel,
     activation_encoding,
     code_radius,
     compact_ints,
-    make_epilogue,
+    prepare_accumulation,
     quantized_weights,
 )
 from qdiverge.engines.emulator.registry import Binding, Unsupported, kernel
@@ -40,30 +41,44 @@ class MatMulParams:
     ort: OrtSum | None = None  # the float32 fast path of a constant weight
 
 
-def _run_ort(p: MatMulParams, a: np.ndarray) -> np.ndarray:
-    assert p.ort is not None
-    y = p.ort(a)
-    return y if p.ort.requantizes else p.epilogue(y, axis=-1)
-
-
-def _constant_b(b: Binding, channel_axis: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """(``B - z_b`` as (K, N) int64, scales, bound per unit |a - z_a|) of the constant weight input 1."""
+def _constant_b(b: Binding, channel_axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """(``B - z_b`` as (K, N) int64, scales) of the constant weight input 1."""
     w = b.constants[1]
     assert w is not None
     if w.ndim != 2:
         raise Unsupported(f"{b.node.op_type} with a {w.ndim}-D constant weight")
     wz, scale = quantized_weights(b, 1, channel_axis)
-    if channel_axis == 0:
-        wz = wz.T
-    return wz, scale, float(np.abs(wz).sum(axis=0).max())
+    return (wz.T if channel_axis == 0 else wz), scale
+
+
+def _constant_b_params(
+    b: Binding,
+    a_enc: Encoding,
+    wz: np.ndarray,
+    scale: np.ndarray,
+    bias: np.ndarray | None,
+    alpha: float,
+    trans_a: bool | None,
+) -> MatMulParams:
+    """Params of ``A @ B`` with the constant ``B - z_b`` = ``wz`` (K, N); ``trans_a`` None for a MatMul."""
+    bound = code_radius(a_enc) * float(np.abs(wz).sum(axis=0).max())
+    dtype, epilogue = prepare_accumulation(b, a_enc, scale, bias, bound, alpha)
+    a_zero = int(a_enc.zero_point[0])
+    fast = dtype is np.float32
+    return MatMulParams(
+        weights=compact_ints(wz) if fast else wz.astype(dtype),
+        a_zero=a_zero,
+        b_zero=0,
+        trans_a=bool(trans_a),
+        dtype=dtype,
+        bound_per_k=0.0,
+        epilogue=epilogue,
+        ort=matmul_sum(wz.astype(np.float32), a_zero, epilogue, trans_a) if fast else None,
+    )
 
 
 @kernel("Gemm")
-class Gemm:
-    fuses = True  # applies Binding.fused activations in its epilogue
-    reads_constants = False  # weights and bias are prepared from the binding
-    narrow_inputs = True  # any integer dtype: the input is converted to float once anyway
-
+class Gemm(WeightKernel):
     @staticmethod
     def prepare(b: Binding) -> MatMulParams:
         node = b.node
@@ -73,85 +88,53 @@ class Gemm:
         alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
         if alpha <= 0:
             raise Unsupported("Gemm with alpha <= 0")
-        wz, scale, per_a = _constant_b(b, 0 if node.attr("transB", 0) else 1)
+        wz, scale = _constant_b(b, 0 if node.attr("transB", 0) else 1)
         bias = None
         if len(node.inputs) > 2 and node.inputs[2]:
             c = b.constants[2]
             if c is None or (c.size > 1 and c.reshape(-1).size != wz.shape[1]):
                 raise Unsupported("Gemm C is not a constant per-column bias")
             bias = np.broadcast_to(beta * np.asarray(c, dtype=np.float64).reshape(-1), (wz.shape[1],))
-        bound = code_radius(a_enc) * per_a
-        dtype = accumulator_dtype(bound, node.name)
-        a_zero, trans_a = int(a_enc.zero_point[0]), bool(node.attr("transA", 0))
-        epilogue = make_epilogue(b, a_enc, scale, bias, bound, alpha)
-        fast = dtype is np.float32
-        return MatMulParams(
-            weights=compact_ints(wz) if fast else wz.astype(dtype),
-            a_zero=a_zero,
-            b_zero=0,
-            trans_a=trans_a,
-            dtype=dtype,
-            bound_per_k=0.0,
-            epilogue=epilogue,
-            ort=matmul_sum(wz.astype(np.float32), a_zero, epilogue, trans_a) if fast else None,
-        )
+        return _constant_b_params(b, a_enc, wz, scale, bias, alpha, bool(node.attr("transA", 0)))
 
     @staticmethod
     def run(p: MatMulParams, a: np.ndarray, *_constants: np.ndarray) -> np.ndarray:
         if p.ort is not None:
-            return _run_ort(p, a)
+            return p.ort.codes(a, p.epilogue, axis=-1)
         af = (a.T if p.trans_a else a).astype(p.dtype)
         af -= p.dtype(p.a_zero)
         return p.epilogue(af @ p.weights, axis=-1)
 
 
 @kernel("MatMul")
-class MatMul:
-    fuses = True  # applies Binding.fused activations in its epilogue
-    reads_constants = False  # weights and bias are prepared from the binding
-    narrow_inputs = True  # any integer dtype: the input is converted to float once anyway
-
+class MatMul(WeightKernel):
     @staticmethod
     def prepare(b: Binding) -> MatMulParams:
         a_enc = activation_encoding(b.input_encodings[0], "input A")
-        radius = code_radius(a_enc)
         if b.constants[0] is not None:
             raise Unsupported("MatMul with a constant left operand")
         if b.constants[1] is not None:
-            wz, scale, per_a = _constant_b(b, 1)
-            bound = radius * per_a
-            dtype = accumulator_dtype(bound, b.node.name)
-            a_zero, epilogue = int(a_enc.zero_point[0]), make_epilogue(b, a_enc, scale, None, bound)
-            fast = dtype is np.float32
-            return MatMulParams(
-                weights=compact_ints(wz) if fast else wz.astype(dtype),
-                a_zero=a_zero,
-                b_zero=0,
-                trans_a=False,
-                dtype=dtype,
-                bound_per_k=0.0,
-                epilogue=epilogue,
-                ort=matmul_sum(wz.astype(np.float32), a_zero, epilogue, None) if fast else None,
-            )
+            return _constant_b_params(b, a_enc, *_constant_b(b, 1), None, 1.0, None)
         b_enc = activation_encoding(b.input_encodings[1], "input B")
         shape = b.input_shapes[0]
-        per_k = float(radius * code_radius(b_enc))
+        per_k = float(code_radius(a_enc) * code_radius(b_enc))
         # K unknown at bind time: float64 and a run-time check of the bound
         bound = per_k * shape[-1] if shape else float(1 << 52)
+        dtype, epilogue = prepare_accumulation(b, a_enc, b_enc.scale, None, bound)
         return MatMulParams(
             weights=None,
             a_zero=int(a_enc.zero_point[0]),
             b_zero=int(b_enc.zero_point[0]),
             trans_a=False,
-            dtype=accumulator_dtype(bound, b.node.name),
+            dtype=dtype,
             bound_per_k=per_k,
-            epilogue=make_epilogue(b, a_enc, b_enc.scale, None, bound),
+            epilogue=epilogue,
         )
 
     @staticmethod
     def run(p: MatMulParams, a: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
         if p.ort is not None:
-            return _run_ort(p, a)
+            return p.ort.codes(a, p.epilogue, axis=-1)
         af = a.astype(p.dtype)
         af -= p.dtype(p.a_zero)
         if p.weights is not None:  # one 2-D BLAS call: numpy's stacked matmul is slow on broadcasts
