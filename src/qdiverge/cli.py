@@ -25,57 +25,60 @@ class GateFailed(Exception):
     """A CI threshold did not hold (exit 1)."""
 
 
-def _common(func):
-    """Options shared by every command that loads a model."""
-    options = [
-        click.argument("model", type=click.Path(dir_okay=False, path_type=Path)),
-        click.argument("encodings", required=False, type=click.Path(dir_okay=False, path_type=Path)),
-        click.option(
-            "--config",
-            "config",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="AIMET quantsim config JSON the model was quantized with (supergroups, per-channel).",
-        ),
-        click.option(
-            "--target",
-            default="htp",
-            show_default=True,
-            help="Target profile: htp, hexagon-nn, tflite, onnx, or a YAML path;"
-            " qnn-htp: the real HTP backend (onnxruntime-qnn) as the DSP side.",
-        ),
-        click.option(
-            "--input-shape",
-            "input_shapes",
-            multiple=True,
-            metavar="NAME:D1,D2,...",
-            help="Fix a dynamic input shape, e.g. input:1,3,224,224 (repeatable).",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+def _options(*options):
+    """Apply a group of click options in the order listed."""
+
+    def apply(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return apply
 
 
-def _inputs(func):
-    options = [
-        click.option(
-            "--inputs",
-            "inputs",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help=".npy (one input, first axis = samples), .npz keyed by input name, or input_list.txt.",
-        ),
-        click.option(
-            "--samples",
-            default=0,
-            show_default="all, or 4 random",
-            type=int,
-            help="Number of samples to use; random inputs within the input encoding without --inputs.",
-        ),
-        click.option("--seed", default=0, show_default=True, type=int, help="Seed for random inputs."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+# options shared by every command that loads a model
+_common = _options(
+    click.argument("model", type=click.Path(dir_okay=False, path_type=Path)),
+    click.argument("encodings", required=False, type=click.Path(dir_okay=False, path_type=Path)),
+    click.option(
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="AIMET quantsim config JSON the model was quantized with (supergroups, per-channel).",
+    ),
+    click.option(
+        "--target",
+        default="htp",
+        show_default=True,
+        help="Target profile: htp, hexagon-nn, tflite, onnx, or a YAML path;"
+        " qnn-htp: the real HTP backend (onnxruntime-qnn) as the DSP side.",
+    ),
+    click.option(
+        "--input-shape",
+        "input_shapes",
+        multiple=True,
+        metavar="NAME:D1,D2,...",
+        help="Fix a dynamic input shape, e.g. input:1,3,224,224 (repeatable).",
+    ),
+)
+
+# where samples come from (run, bisect)
+_inputs = _options(
+    click.option(
+        "--inputs",
+        "inputs",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help=".npy (one input, first axis = samples), .npz keyed by input name, or input_list.txt.",
+    ),
+    click.option(
+        "--samples",
+        default=0,
+        show_default="all, or 4 random",
+        type=int,
+        help="Number of samples to use; random inputs within the input encoding without --inputs.",
+    ),
+    click.option("--seed", default=0, show_default=True, type=int, help="Seed for random inputs."),
+)
 
 
 def _workspace(model, encodings, config, target, input_shapes):
@@ -196,17 +199,6 @@ def _progress(enabled: bool):
 def _clear_progress(enabled: bool) -> None:
     if enabled and sys.stderr.isatty():
         sys.stderr.write("\r" + " " * 72 + "\r")
-
-
-def _options(*options):
-    """Apply a group of click options in the order listed."""
-
-    def apply(func):
-        for option in reversed(options):
-            func = option(func)
-        return func
-
-    return apply
 
 
 def _report_options(top: int):

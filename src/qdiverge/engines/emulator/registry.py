@@ -50,6 +50,13 @@ class Binding:
     fused: Sequence[Node] = field(default_factory=tuple)  # activation nodes fused into this one
     fused_constants: Sequence[Sequence[np.ndarray | None]] = field(default_factory=tuple)  # per fused node
 
+    def known_shape(self, i: int) -> tuple[int, ...]:
+        """The shape of input ``i``; ``Unsupported`` when shape inference left it unknown."""
+        shape = self.input_shapes[i]
+        if shape is None:
+            raise Unsupported(f"{self.node.op_type}: input shape unknown")
+        return shape
+
 
 class Kernel(Protocol):
     prepare: Callable[[Binding], Any]

@@ -45,6 +45,17 @@ from qdiverge.engines.emulator.registry import Binding, Unsupported, kernel
 from qdiverge.engines.emulator.requant import RequantParams, apply_requant, prepare_requant
 from qdiverge.quant import dequantize, quantize_aimet
 
+
+def _binary_encodings(b: Binding) -> tuple[float, int, float, int, float, int, Encoding]:
+    """``(s_a, z_a, s_b, z_b, s_out, z_out, output encoding)`` of a two-input op, all per-tensor integer."""
+    sa, za = scalar_encoding(encoding_of(b, 0), "input A")
+    sb, zb = scalar_encoding(encoding_of(b, 1), "input B")
+    out = b.output_encodings[0]
+    so, zo = scalar_encoding(out, "output")
+    assert out is not None
+    return sa, za, sb, zb, so, zo, out
+
+
 # ---------------------------------------------------------------------------------------------- add, sub
 
 
@@ -72,12 +83,8 @@ class AddParams:
 
 
 def _prepare_add(b: Binding, sign: int) -> AddParams:
+    sa, za, sb, zb, so, zo, out = _binary_encodings(b)
     ea, eb = encoding_of(b, 0), encoding_of(b, 1)
-    sa, za = scalar_encoding(ea, "input A")
-    sb, zb = scalar_encoding(eb, "input B")
-    out = b.output_encodings[0]
-    so, zo = scalar_encoding(out, "output")
-    assert out is not None
     spec, method = b.profile.eltwise, b.profile.eltwise_method
     base = dict(sign=sign, za=za, zb=zb, qmin=out.qmin, qmax=out.qmax)
     if method == "tflite":
@@ -185,23 +192,13 @@ class MulParams:
     rounding: str = "half_even"
 
 
-def _encodings3(b: Binding) -> tuple[float, int, float, int, float, int, Encoding]:
-    ea, eb = encoding_of(b, 0), encoding_of(b, 1)
-    sa, za = scalar_encoding(ea, "input A")
-    sb, zb = scalar_encoding(eb, "input B")
-    out = b.output_encodings[0]
-    so, zo = scalar_encoding(out, "output")
-    assert out is not None
-    return sa, za, sb, zb, so, zo, out
-
-
 @kernel("Mul")
 class Mul:
     """``y = clamp(R((a - z_a)(b - z_b) * M) + z_out)``, one multiplier ``M = s_a s_b / s_out``."""
 
     @staticmethod
     def prepare(b: Binding) -> MulParams:
-        sa, za, sb, zb, so, zo, out = _encodings3(b)
+        sa, za, sb, zb, so, zo, out = _binary_encodings(b)
         spec = b.profile.eltwise
         ranges = [max(z - e.qmin, e.qmax - z) for z, e in ((za, encoding_of(b, 0)), (zb, encoding_of(b, 1)))]
         if spec.multiplier not in ("float32", "float64") and ranges[0] * ranges[1] > INT32_MAX:
@@ -227,7 +224,7 @@ class Div:
 
     @staticmethod
     def prepare(b: Binding) -> MulParams:
-        sa, za, sb, zb, so, zo, out = _encodings3(b)
+        sa, za, sb, zb, so, zo, out = _binary_encodings(b)
         spec = b.profile.eltwise
         qm, shift = quantize_multiplier(ratio(spec, sa, 1.0, sb * so))
         if 31 - int(shift[0]) > 62 - 17:  # (b - z_b) << (31 - shift) must fit int64 for 16-bit inputs
@@ -252,40 +249,31 @@ def _code_of(value: float, scale: float, zero: int, rounding: str) -> int:
     return zero + int(round_to_int(np.array([value / scale]), rounding)[0])
 
 
-@kernel("Relu")
-class Relu:
-    """Clamp at the output zero point, after a rescale when the encodings differ."""
-
-    @staticmethod
-    def prepare(b: Binding) -> RescaleParams | None:
-        out = b.output_encodings[0]
-        _, zo = scalar_encoding(out, "output")
-        assert out is not None
-        return prepare_rescale(b.input_encodings[0], out, b.profile, lo=zo)
-
-    @staticmethod
-    def run(p: RescaleParams | None, x: np.ndarray) -> np.ndarray:
-        return x if p is None else rescale(p, x)
+def _clip_codes(b: Binding, so: float, zo: int) -> tuple[int | None, int | None]:
+    """Output codes of a Clip's (optional) real bounds, ``z + R(bound / s)`` (rounding ``profile.rescale``)."""
+    bounds: list[float | None] = [b.node.attr("min"), b.node.attr("max")]
+    for k in (1, 2):  # opset 11+: min and max are (optional) inputs
+        if k < len(b.node.inputs) and b.node.inputs[k]:
+            if k >= len(b.constants) or b.constants[k] is None:
+                raise Unsupported("Clip bounds computed at run time")
+            bounds[k - 1] = float(np.asarray(b.constants[k]).reshape(-1)[0])
+    rounding = b.profile.rescale.rounding
+    lo = None if bounds[0] is None else _code_of(bounds[0], so, zo, rounding)
+    hi = None if bounds[1] is None else _code_of(bounds[1], so, zo, rounding)
+    return lo, hi
 
 
-@kernel("Clip")
-class Clip:
-    """Integer clamp to ``[z + R(min/s), z + R(max/s)]`` (rounding ``profile.rescale.rounding``)."""
+@kernel("Relu", "Clip")
+class Clamp:
+    """Integer clamp, after a rescale when the encodings differ: Relu at the output zero point, Clip to
+    ``[z + R(min/s), z + R(max/s)]`` (``_clip_codes``)."""
 
     @staticmethod
     def prepare(b: Binding) -> RescaleParams | None:
         out = b.output_encodings[0]
         so, zo = scalar_encoding(out, "output")
         assert out is not None
-        bounds: list[float | None] = [b.node.attr("min"), b.node.attr("max")]
-        for k in (1, 2):  # opset 11+: min and max are (optional) inputs
-            if k < len(b.node.inputs) and b.node.inputs[k]:
-                if k >= len(b.constants) or b.constants[k] is None:
-                    raise Unsupported("Clip bounds computed at run time")
-                bounds[k - 1] = float(np.asarray(b.constants[k]).reshape(-1)[0])
-        rounding = b.profile.rescale.rounding
-        lo = None if bounds[0] is None else _code_of(bounds[0], so, zo, rounding)
-        hi = None if bounds[1] is None else _code_of(bounds[1], so, zo, rounding)
+        lo, hi = (zo, None) if b.node.op_type == "Relu" else _clip_codes(b, so, zo)
         return prepare_rescale(b.input_encodings[0], out, b.profile, lo=lo, hi=hi)
 
     @staticmethod

@@ -52,9 +52,7 @@ class Window:
 
 
 def _window(b: Binding) -> Window:
-    node, shape = b.node, b.input_shapes[0]
-    if shape is None:
-        raise Unsupported(f"{node.op_type}: input shape unknown")
+    node, shape = b.node, b.known_shape(0)
     kernel_shape = tuple(int(k) for k in node.attr("kernel_shape"))
     n = len(kernel_shape)
     spatial = tuple(int(v) for v in shape[-n:])
@@ -226,8 +224,7 @@ class AveragePool:
     @staticmethod
     def prepare(b: Binding) -> tuple[Window, np.ndarray, MeanParams]:
         w = _window(b)
-        shape = b.input_shapes[0]
-        assert shape is not None
+        shape = b.known_shape(0)
         include_pad = bool(b.node.attr("count_include_pad", 0))
         counts = _counts(w, tuple(shape[-len(w.kernel) :]), include_pad)
         if include_pad and b.profile.pool_method == "float":  # ORT divides by the whole kernel, ceil_mode too
@@ -253,10 +250,7 @@ def _reduce(p: MeanParams, x: np.ndarray, axes: tuple[int, ...], keepdims: bool)
 class GlobalAveragePool:
     @staticmethod
     def prepare(b: Binding) -> MeanParams:
-        shape = b.input_shapes[0]
-        if shape is None:
-            raise Unsupported("GlobalAveragePool: input shape unknown")
-        return _prepare_mean(b, {math.prod(shape[2:])}, float_ok=False)
+        return _prepare_mean(b, {math.prod(b.known_shape(0)[2:])}, float_ok=False)
 
     @staticmethod
     def run(p: MeanParams, x: np.ndarray) -> np.ndarray:
@@ -267,9 +261,7 @@ class GlobalAveragePool:
 class ReduceMean:
     @staticmethod
     def prepare(b: Binding) -> tuple[tuple[int, ...], bool, MeanParams]:
-        shape = b.input_shapes[0]
-        if shape is None:
-            raise Unsupported("ReduceMean: input shape unknown")
+        shape = b.known_shape(0)
         axes = b.node.attr("axes")
         if axes is None and len(b.node.inputs) > 1 and b.node.inputs[1]:
             if len(b.constants) < 2 or b.constants[1] is None:

@@ -136,9 +136,7 @@ def _scales(b: Binding, shape: tuple[int, ...]) -> tuple[list[Fraction], list[in
 class Resize:
     @staticmethod
     def prepare(b: Binding) -> ResizeParams:
-        shape = b.input_shapes[0]
-        if shape is None:
-            raise Unsupported("Resize: input shape unknown")
+        shape = b.known_shape(0)
         if b.node.attr("antialias", 0):
             raise Unsupported("Resize with antialias")
         enc_in, out_enc = b.input_encodings[0], b.output_encodings[0]

@@ -129,13 +129,17 @@ class Transpose:
         return np.transpose(x, perm)
 
 
-@kernel("Squeeze")
-@moves_codes
-class Squeeze:
+class _AxesInput:
+    """Squeeze/Unsqueeze: axes from the attribute or constant input 1 at prepare, else input 1 at run time."""
+
     @staticmethod
     def prepare(b: Binding) -> list[int] | None:
         return _axes_param(b, 1)
 
+
+@kernel("Squeeze")
+@moves_codes
+class Squeeze(_AxesInput):
     @staticmethod
     def run(axes: list[int] | None, x: np.ndarray, runtime_axes: np.ndarray | None = None) -> np.ndarray:
         axes = _ints(axes, runtime_axes)
@@ -146,11 +150,7 @@ class Squeeze:
 
 @kernel("Unsqueeze")
 @moves_codes
-class Unsqueeze:
-    @staticmethod
-    def prepare(b: Binding) -> list[int] | None:
-        return _axes_param(b, 1)
-
+class Unsqueeze(_AxesInput):
     @staticmethod
     def run(axes: list[int] | None, x: np.ndarray, runtime_axes: np.ndarray | None = None) -> np.ndarray:
         axes = _ints(axes, runtime_axes)
