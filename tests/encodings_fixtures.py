@@ -1,4 +1,5 @@
-"""Hand-written encodings for ``onnx_builders.small_net`` and writers for the three AIMET JSON versions.
+"""Hand-written encodings for ``onnx_builders.small_net``, writers for the three AIMET JSON versions, and
+``encoding_fields`` to compare what the reader made of them.
 
 The writers follow the format notes (offset = unsigned-domain, 2.0.0 zero point = qmin - offset);
 they are test-side code, independent of the reader under test.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 # name -> (bitwidth, signed, scales, unsigned-domain offsets, is_param); scales are float32-exact
 SMALL_NET = {
@@ -72,6 +74,41 @@ def v200(encs: dict, axes: dict | None = None) -> dict:
                 entry["y_zero_point"] = zps[0]
         entries.append(entry)
     return {"version": "2.0.0", "encodings": entries}
+
+
+def v100_per_block(name: str, scales: list[float], block_size: int) -> dict:
+    """A 1.0.0 file with one 4-bit symmetric PER_BLOCK param entry (``scales`` flat, channel-major)."""
+    entry = {
+        "name": name,
+        "bw": 4,
+        "dtype": "INT",
+        "enc_type": "PER_BLOCK",
+        "is_sym": True,
+        "block_size": block_size,
+        "scale": list(scales),
+        "offset": [-8.0] * len(scales),
+    }
+    return {"version": "1.0.0", "activation_encodings": [], "param_encodings": [entry]}
+
+
+def encoding_fields(encset: Any) -> dict[str, dict[str, tuple]]:
+    """Every field of every encoding of an ``EncodingSet``, by kind and tensor name."""
+    return {
+        kind: {
+            n: (
+                e.bitwidth,
+                e.signed,
+                e.dtype,
+                e.scale.tolist(),
+                e.offset.tolist(),
+                e.axis,
+                e.block_axis,
+                e.block_size,
+            )
+            for n, e in getattr(encset, kind).items()
+        }
+        for kind in ("activations", "params", "int32_bias", "derived")
+    }
 
 
 def write(data: dict | str, folder: Path, name: str = "model.encodings") -> Path:

@@ -11,6 +11,7 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from qdiverge.encodings.schema import Encoding, make_encoding
+from qdiverge.engines.emulator.fixed_point import quantize_multiplier
 from qdiverge.engines.emulator.registry import Binding, lookup
 from qdiverge.loading.model import Node
 from qdiverge.profiles.schema import LutSpec, Profile, RequantSpec
@@ -78,6 +79,12 @@ def run_kernel(b: Binding, *inputs: np.ndarray) -> Any:
     k = lookup(b.node.op_type)
     assert k is not None, b.node.op_type
     return k.run(k.prepare(b), *(np.asarray(x, dtype=np.int64) if x is not None else None for x in inputs))
+
+
+def q31(m: float, cap_shift: bool = False) -> tuple[int, int]:
+    """``(qm, shift)`` of one real multiplier, ``m ~= qm * 2^(shift - 31)`` (``quantize_multiplier``)."""
+    qm, shift = quantize_multiplier(np.array([m]), cap_shift=cap_shift)
+    return int(qm[0]), int(shift[0])
 
 
 def round_fraction(v: Fraction, rounding: str) -> int:

@@ -14,13 +14,13 @@ from kernel_harness import (
     bind,
     enc,
     ort_run,
+    q31,
     qparams,
     round_fraction,
     run_kernel,
     s_z,
 )
 
-from qdiverge.engines.emulator.fixed_point import quantize_multiplier
 from qdiverge.profiles.schema import Profile
 from qdiverge.quant import quantize_aimet
 
@@ -86,7 +86,7 @@ def _srdhm(a: int, b: int) -> int:
 
 def _mbqm(x: int, m: float) -> int:
     """TFLite reference MultiplyByQuantizedMultiplier (double rounding), written with Python ints."""
-    qm, shift = (int(v[0]) for v in quantize_multiplier(np.array([m])))
+    qm, shift = q31(m)
     left, right = max(shift, 0), max(-shift, 0)
     h = _srdhm(x * (1 << left), qm)
     return round_fraction(Fraction(h, 1 << right), "half_away")
@@ -136,7 +136,7 @@ def test_div_is_one_exact_rounding_of_the_q31_rational():
     a, b = all_pairs(ea)
     got = run_kernel(bind("Div", [ea, eb], [eo], SINGLE_PROFILE), a, b)
     (sa, za), (sb, zb), (so, zo) = s_z(ea), s_z(eb), s_z(eo)
-    qm, shift = (int(v[0]) for v in quantize_multiplier(np.array([float(sa) / (float(sb) * float(so))])))
+    qm, shift = q31(float(sa) / (float(sb) * float(so)))
     for x, y, g in zip(a.tolist(), b.tolist(), got.tolist(), strict=True):
         if y == zb:
             want = 127 if x > za else -128 if x < za else zo
@@ -153,9 +153,7 @@ def test_relu_and_clip_equal_exact_rescale_then_clamp(profile):
     (si, zi), (so, zo) = s_z(e_in), s_z(e_out)
     rnd = profile.rescale.rounding
     m = float(np.float64(float(si)) / np.float64(float(so)))
-    qm, shift = (
-        int(v[0]) for v in quantize_multiplier(np.array([m]), cap_shift=not profile.rescale.double_rounding)
-    )
+    qm, shift = q31(m, cap_shift=not profile.rescale.double_rounding)
     if profile.rescale.double_rounding:
         base = [_mbqm(int(v - zi), m) for v in x]
     else:
@@ -205,7 +203,7 @@ def test_leaky_relu_two_multipliers_equal_exact_q31_rounding(alpha):
             want = zo
         else:
             m = abs(slope) * float(si) / float(so)
-            qm, shift = (int(t[0]) for t in quantize_multiplier(np.array([m]), cap_shift=True))
+            qm, shift = q31(m, cap_shift=True)
             r = Fraction((v - zi) * (1 if slope > 0 else -1) * qm, 1 << (31 - shift))
             want = round_fraction(r, "half_up") + zo
         assert g == min(max(want, 0), 255), v
@@ -235,7 +233,7 @@ def test_prelu_per_channel_slopes_use_the_quantized_slope():
             want = zo
         else:
             m = abs(real_slope) * float(si) / float(so)
-            qm, shift = (int(t[0]) for t in quantize_multiplier(np.array([m]), cap_shift=True))
+            qm, shift = q31(m, cap_shift=True)
             want = (
                 round_fraction(Fraction(v * (1 if real_slope > 0 else -1) * qm, 1 << (31 - shift)), "half_up")
                 + zo

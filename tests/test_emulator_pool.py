@@ -15,13 +15,13 @@ from kernel_harness import (
     bind,
     enc,
     ort_run,
+    q31,
     qparams,
     round_fraction,
     run_kernel,
     s_z,
 )
 
-from qdiverge.engines.emulator.fixed_point import quantize_multiplier
 from qdiverge.profiles.schema import Profile
 
 RNG = np.random.default_rng(5)
@@ -70,7 +70,7 @@ def loop_average(x, e_in, e_out, attrs, include_pad, profile):
                 y[n, c, i, j] = round_fraction(Fraction(total, count), "half_away") + z_in
             else:  # one rescale by M = s_in / (N s_out), Q31, single rounding
                 m = float(s_in) / (float(s_out) * count)
-                qm, sh = (int(v[0]) for v in quantize_multiplier(np.array([m]), cap_shift=True))
+                qm, sh = q31(m, cap_shift=True)
                 y[n, c, i, j] = round_fraction(Fraction(total * qm, 1 << (31 - sh)), "half_up") + z_out
     return np.clip(y, e_out.qmin, e_out.qmax)
 
@@ -133,7 +133,7 @@ def test_max_pool_equals_loop_reference_and_rescales(attrs):
     assert np.array_equal(same, want)
     moved = run_kernel(bind("MaxPool", [e_in], [e_out], SINGLE_PROFILE, attrs, shapes=[x.shape]), x)
     m = float(e_in.scale[0]) / float(e_out.scale[0])
-    qm, sh = (int(v[0]) for v in quantize_multiplier(np.array([m]), cap_shift=True))
+    qm, sh = q31(m, cap_shift=True)
     resc = np.vectorize(
         lambda q: round_fraction(Fraction((int(q) - 120) * qm, 1 << (31 - sh)), "half_up") + 10
     )
@@ -181,7 +181,7 @@ def test_reduce_mean_equals_exact_rescale_of_the_sum(axes, keepdims, form):
     count = int(np.prod([x.shape[a] for a in norm]))
     total = np.sum(x - 5, axis=norm, keepdims=bool(keepdims))  # x - z_in
     m = float(e_in.scale[0]) / (float(e_out.scale[0]) * count)
-    qm, sh = (int(v[0]) for v in quantize_multiplier(np.array([m]), cap_shift=True))
+    qm, sh = q31(m, cap_shift=True)
     want = np.vectorize(lambda t: round_fraction(Fraction(int(t) * qm, 1 << (31 - sh)), "half_up") - 7)(total)
     assert np.array_equal(got, np.clip(want, -128, 127))
 

@@ -14,6 +14,7 @@ from kernel_harness import (
     bind,
     enc,
     ort_run,
+    q31,
     qparams,
     round_fraction,
     run_kernel,
@@ -22,7 +23,6 @@ from kernel_harness import (
 from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
-from qdiverge.engines.emulator.fixed_point import quantize_multiplier
 from qdiverge.profiles.schema import Profile
 
 X = np.random.default_rng(3).integers(-128, 128, (2, 3, 4, 5)).astype(np.int64)
@@ -123,7 +123,7 @@ def test_data_movement_rescales_only_to_a_different_declared_output_encoding():
     b = bind("Transpose", [E], [e_out], SINGLE_PROFILE, {"perm": [3, 2, 1, 0]})
     got = run_kernel(b, X)
     (s, z), (so, zo) = s_z(E), s_z(e_out)
-    qm, sh = (int(v[0]) for v in quantize_multiplier(np.array([float(s) / float(so)]), cap_shift=True))
+    qm, sh = q31(float(s) / float(so), cap_shift=True)
     rq = np.vectorize(lambda q: round_fraction(Fraction((int(q) - z) * qm, 1 << (31 - sh)), "half_up") + zo)
     assert np.array_equal(got, np.clip(rq(X.T), -128, 127))
     assert np.array_equal(run_kernel(bind("Transpose", [E], [None], SINGLE_PROFILE, {}), X), X.T)
@@ -158,7 +158,7 @@ def test_concat_requant_equals_exact_q31_rescale_and_copies_shared_encodings():
     c = np.arange(256).reshape(1, 256, 1)
     got = run_kernel(bind("Concat", [e1, e_out], [e_out], SINGLE_PROFILE, {"axis": -1}), a, c)
     (s1, z1), (so, zo) = s_z(e1), s_z(e_out)
-    qm, shift = (int(v[0]) for v in quantize_multiplier(np.array([float(s1) / float(so)]), cap_shift=True))
+    qm, shift = q31(float(s1) / float(so), cap_shift=True)
     want = [
         min(max(round_fraction(Fraction((q - z1) * qm, 1 << (31 - shift)), "half_up") + zo, 0), 255)
         for q in range(256)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from encodings_fixtures import SMALL_NET, v061, v100, v200, write
+from encodings_fixtures import SMALL_NET, v061, v100, v100_per_block, v200, write
 from onnx_builders import save, small_net
 
 from qdiverge.encodings.aimet import read_encodings_json
@@ -170,22 +170,7 @@ def test_per_channel_length_mismatch(tmp_path, net):
 
 
 def test_block_count_mismatch(tmp_path, net):
-    data = {
-        "version": "1.0.0",
-        "activation_encodings": [],
-        "param_encodings": [
-            {
-                "name": "fc.weight",
-                "bw": 4,
-                "dtype": "INT",
-                "enc_type": "PER_BLOCK",
-                "is_sym": True,
-                "block_size": 64,
-                "scale": [0.1] * 6,
-                "offset": [-8.0] * 6,
-            }
-        ],
-    }
+    data = v100_per_block("fc.weight", [0.1] * 6, 64)
     _bind_raises(tmp_path, data, net, "'fc.weight' has 6 block scales", "2 channels x 4 blocks")
     data["param_encodings"][0].update(block_size=100, scale=[0.1] * 4, offset=[-8.0] * 4)
     _bind_raises(tmp_path, data, net, "block_size 100 does not divide")

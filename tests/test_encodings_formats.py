@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from encodings_fixtures import SMALL_NET, v061, v100, v200, write
+from encodings_fixtures import SMALL_NET, encoding_fields, v061, v100, v100_per_block, v200, write
 from onnx_builders import GraphBuilder, save, small_net
 
 from qdiverge.encodings.aimet import read_encodings_json
@@ -23,24 +23,6 @@ def _bound(tmp_path, data, model):
     return encset, warnings
 
 
-def _summary(encset):
-    out = {}
-    for kind in ("activations", "params", "int32_bias", "derived"):
-        for name, e in getattr(encset, kind).items():
-            out[name] = (
-                kind,
-                e.bitwidth,
-                e.signed,
-                e.scale.tolist(),
-                e.offset.tolist(),
-                e.axis,
-                e.block_axis,
-                e.block_size,
-                e.dtype,
-            )
-    return out
-
-
 @pytest.mark.parametrize("writer", [v061, v100, v200])
 def test_each_version_gives_the_hand_written_encodings(tmp_path, net, writer):
     encset, _ = _bound(tmp_path, writer(SMALL_NET), net)
@@ -55,7 +37,7 @@ def test_each_version_gives_the_hand_written_encodings(tmp_path, net, writer):
 
 
 def test_three_versions_are_equivalent(tmp_path, net):
-    results = [_summary(_bound(tmp_path, w(SMALL_NET), net)[0]) for w in (v061, v100, v200)]
+    results = [encoding_fields(_bound(tmp_path, w(SMALL_NET), net)[0]) for w in (v061, v100, v200)]
     assert results[0] == results[1] == results[2]
 
 
@@ -151,22 +133,7 @@ def _block_net(trans_b: int):
 def test_blockwise_100_and_200_agree(tmp_path, trans_b):
     model = load_model(save(_block_net(trans_b), tmp_path))
     scales = [[0.01, 0.02, 0.03, 0.04], [0.05, 0.06, 0.07, 0.08]]  # (out channel, block)
-    v1 = {
-        "version": "1.0.0",
-        "activation_encodings": [],
-        "param_encodings": [
-            {
-                "name": "fc.weight",
-                "bw": 4,
-                "dtype": "INT",
-                "enc_type": "PER_BLOCK",
-                "is_sym": True,
-                "block_size": 64,
-                "scale": [s for row in scales for s in row],
-                "offset": [-8.0] * 8,
-            }
-        ],
-    }
+    v1 = v100_per_block("fc.weight", [s for row in scales for s in row], 64)
     onnx_layout = scales if trans_b else np.asarray(scales).T.tolist()  # weight [out,in] or [in,out]
     v2 = {
         "version": "2.0.0",

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from encodings_fixtures import SMALL_NET, v100, v200, write
+from encodings_fixtures import SMALL_NET, encoding_fields, v100, v200, write
 from onnx import numpy_helper
 from onnx_builders import GraphBuilder, save, small_net
 
@@ -22,25 +22,6 @@ from qdiverge.quant import aimet_qdq
 
 def _bound(tmp_path, model, data):
     return bind_encodings(read_encodings_json(write(data, tmp_path)), model)[0]
-
-
-def _fields(encset):
-    return {
-        kind: {
-            n: (
-                e.bitwidth,
-                e.signed,
-                e.dtype,
-                e.scale.tolist(),
-                e.offset.tolist(),
-                e.axis,
-                e.block_axis,
-                e.block_size,
-            )
-            for n, e in getattr(encset, kind).items()
-        }
-        for kind in ("activations", "params", "int32_bias", "derived")
-    }
 
 
 def _f32(encset):
@@ -93,7 +74,7 @@ def test_json_qdq_round_trip(tmp_path, writer):
         data["encodings"].append({"name": "flat_out", "output_dtype": "uint8", "y_scale": 0.0625})
     encset = _bound(tmp_path, model, data)
     float_model, back, _, _ = _round_trip(tmp_path, model, encset)
-    assert _fields(back) == _fields(encset)
+    assert encoding_fields(back) == encoding_fields(encset)
     _assert_same_graph(float_model.proto, model.proto)
 
 
@@ -118,7 +99,7 @@ def test_int_weights_hold_the_sims_weights(tmp_path):
     float_model, back, _, path = _round_trip(tmp_path, model, encset, int_weights=True)
     stored = {t.name: t.data_type for t in onnx.load(str(path)).graph.initializer}
     assert stored["conv1.weight_quantized"] == onnx.TensorProto.INT8
-    assert _fields(back) == _fields(encset)
+    assert encoding_fields(back) == encoding_fields(encset)
     for name in ("conv1.weight", "fc.weight"):
         expected = aimet_qdq(model.initializers[name], encset.params[name])
         assert np.array_equal(float_model.initializers[name], expected)
@@ -184,7 +165,7 @@ def test_fp16_round_trip(tmp_path):
     )
     encset = _bound(tmp_path, model, data)
     float_model, back, _, _ = _round_trip(tmp_path, model, encset)
-    assert back.activations["fc_out"].is_float and _fields(back) == _fields(encset)
+    assert back.activations["fc_out"].is_float and encoding_fields(back) == encoding_fields(encset)
     _assert_same_graph(float_model.proto, model.proto)
 
 

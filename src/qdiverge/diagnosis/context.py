@@ -19,42 +19,37 @@ from qdiverge.encodings.bind import DATA_MOVEMENT_OPS, upstream_encoding, weight
 from qdiverge.encodings.schema import Encoding, EncodingSet
 from qdiverge.loading.model import Model, Node
 from qdiverge.profiles.fusion import fuses
-from qdiverge.profiles.schema import Profile
+from qdiverge.profiles.schema import LUT_ACTIVATIONS, Profile
 from qdiverge.reports.model import Finding
 
 # Ops with a weight whose output channels get a requantization multiplier s_in * s_w[c] / s_out
 LINEAR_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 # Ops whose float output an integer target must hold in some encoding
-COMPUTE_OPS = LINEAR_OPS | frozenset(
-    {
-        "Add",
-        "Sub",
-        "Mul",
-        "Div",
-        "Concat",
-        "Relu",
-        "Clip",
-        "PRelu",
-        "LeakyRelu",
-        "HardSwish",
-        "HardSigmoid",
-        "Sigmoid",
-        "Tanh",
-        "Erf",
-        "Gelu",
-        "Exp",
-        "Elu",
-        "Softplus",
-        "Softmax",
-        "AveragePool",
-        "GlobalAveragePool",
-        "ReduceMean",
-        "Resize",
-        "BatchNormalization",
-        "InstanceNormalization",
-        "LayerNormalization",
-        "GroupNormalization",
-    }
+COMPUTE_OPS = (
+    LINEAR_OPS
+    | frozenset(LUT_ACTIVATIONS)
+    | frozenset(
+        {
+            "Add",
+            "Sub",
+            "Mul",
+            "Div",
+            "Concat",
+            "Relu",
+            "Clip",
+            "PRelu",
+            "LeakyRelu",
+            "Softmax",
+            "AveragePool",
+            "GlobalAveragePool",
+            "ReduceMean",
+            "Resize",
+            "BatchNormalization",
+            "InstanceNormalization",
+            "LayerNormalization",
+            "GroupNormalization",
+        }
+    )
 )
 
 

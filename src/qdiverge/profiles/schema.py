@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 ROUNDINGS = ("half_up", "half_away", "half_even", "floor", "trunc")
 MULTIPLIERS = ("q31", "q31_unnormalized", "q15", "q15_truncated", "float32", "float64")
+# non-linear activations integer targets evaluate as a table from input code to output code
+LUT_ACTIVATIONS = ("HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Erf", "Gelu", "Exp", "Elu", "Softplus")
 
 
 @dataclass(frozen=True)
@@ -37,17 +39,7 @@ class RequantSpec:
 class LutSpec:
     """Non-linear activations as tables from input code to output code."""
 
-    ops: tuple[str, ...] = (
-        "HardSwish",
-        "HardSigmoid",
-        "Sigmoid",
-        "Tanh",
-        "Erf",
-        "Gelu",
-        "Exp",
-        "Elu",
-        "Softplus",
-    )
+    ops: tuple[str, ...] = LUT_ACTIVATIONS
     rounding: str = "half_even"
     compute: str = "float32"  # precision of f(x) when the table is built: float32 | float64
 
