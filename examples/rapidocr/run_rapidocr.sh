@@ -23,9 +23,13 @@ echo "quantized in ${SECONDS}s; files:"
 ls -l "$WORK"/model.onnx "$WORK"/model.data "$WORK"/model.encodings 2>/dev/null || true
 
 SECONDS=0
-$QDIVERGE run "$WORK/model.onnx" "$WORK/model.encodings" --engine sim --samples 4 --seed 0 \
-    -o "$WORK/sim_outputs.npz"
-echo "qdiverge run --engine sim: ${SECONDS}s"
+$QDIVERGE check "$WORK/model.onnx" "$WORK/model.encodings" --config "$WORK/quantsim_config.json" \
+    --fail-on never --top 15
+echo "qdiverge check: ${SECONDS}s"
 
-# BISECT: replace the run above with this once `qdiverge bisect` is finished:
-# $QDIVERGE bisect "$WORK/model.onnx" "$WORK/model.encodings" --config "$WORK/quantsim_config.json"
+SECONDS=0
+$QDIVERGE bisect "$WORK/model.onnx" "$WORK/model.encodings" --config "$WORK/quantsim_config.json" \
+    --samples 8 --seed 0 --top 15 --format json -o "$WORK/bisect.json"
+$QDIVERGE bisect "$WORK/model.onnx" "$WORK/model.encodings" --config "$WORK/quantsim_config.json" \
+    --samples 8 --seed 0 --top 15
+echo "qdiverge bisect (twice: json + table): ${SECONDS}s"

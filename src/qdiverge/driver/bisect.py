@@ -270,30 +270,41 @@ def _combine(accs: dict[str, MetricsAccumulator]) -> TensorMetrics:
     return merged.result()
 
 
-def final_divergence(result: BisectResult, metric: str) -> float:
-    """The ranking metric's value with the whole graph on the DSP side (the last cut)."""
-    last = [o.split_final for o in result.steps if o.split_final is not None]
-    return _final_metric_value(last[-1], metric) if last else 0.0
+def _increments(result: BisectResult, metric: str) -> list[float | None]:
+    """Per step: the increase in final-output divergence from the previous cut (None without split mode)."""
+    previous = 0.0  # cut "nothing on the DSP side" is the sim itself
+    steps: list[float | None] = []
+    for outcome in result.steps:
+        if outcome.split_final is None:
+            steps.append(None)
+            continue
+        current = _final_metric_value(outcome.split_final, metric)
+        steps.append(current - previous)
+        previous = current
+    return steps
+
+
+def divergence_added(result: BisectResult, metric: str) -> float:
+    """The sum of all cut-to-cut increases in final-output divergence (decreases not counted)."""
+    return sum(max(d, 0.0) for d in _increments(result, metric) if d is not None and math.isfinite(d))
 
 
 def rank(result: BisectResult, metric: str, total: float | None = None) -> list[StepOutcome]:
     """Set each step's contribution and sort, largest first.
 
     A contribution is the increase in final-output divergence (``metric``) from the previous cut to this
-    one, as a fraction of ``total`` (default: this run's divergence with every layer on the DSP side), so
-    contributions sum to about 1 and a what-if run can be put on the same scale as the original.
-    Without split mode the isolated max LSB error ranks the layers instead.
+    one, as a fraction of ``total``: by default every increase of this run added up, so contributions lie
+    in [-1, 1], the positive ones sum to 1, and a negative one means the layer's error partly cancels
+    earlier ones. A what-if passes the original run's total so both are on one scale. Without split
+    mode the isolated max LSB error ranks the layers instead.
     """
-    total = final_divergence(result, metric) if total is None else total
+    total = divergence_added(result, metric) if total is None else total
     scale = 1.0 / total if total and math.isfinite(total) and total > 0 else 1.0
-    previous = 0.0  # cut "nothing on the DSP side" is the sim itself
-    for outcome in result.steps:
-        if outcome.split_final is None:
+    for outcome, delta in zip(result.steps, _increments(result, metric), strict=True):
+        if delta is None:
             outcome.contribution = _isolated_score(outcome) if "split" not in result.modes else 0.0
-            continue
-        current = _final_metric_value(outcome.split_final, metric)
-        outcome.contribution = (current - previous) * scale
-        previous = current
+        else:
+            outcome.contribution = delta * scale
     return sorted(result.steps, key=lambda o: (-_finite(o.contribution), -_isolated_score(o), o.index))
 
 

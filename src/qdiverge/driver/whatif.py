@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from qdiverge.diagnosis.whatif import WhatIf
-from qdiverge.driver.bisect import Bisector, BisectResult, final_divergence, rank
+from qdiverge.driver.bisect import Bisector, BisectResult, divergence_added, rank
 from qdiverge.loading.inputs import InputSource
 from qdiverge.pipeline import Workspace
 from qdiverge.reports.model import OutputSummary, WhatIfLayer, WhatIfResult
@@ -24,7 +24,7 @@ def run_what_if(
         changed.sim(), emu, ws.float(), outputs, {o: emu.target_encodings.get(o) for o in outputs}
     )
     result = bisector.run(source, ("split",), batch=changed.batch)
-    total = final_divergence(base, metric)
+    total = divergence_added(base, metric)
     after = {o.nodes or (o.tensor,): o.contribution for o in rank(result, metric, total=total)}
     ranked_before = rank(base, metric)
     layers = tuple(
