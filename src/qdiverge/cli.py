@@ -279,6 +279,14 @@ def _finish(report, fmt: str, output: Path | None, top: int, start: float, detai
     show_default=True,
     help="search mode: first cut whose final-output SQNR (dB) falls below this.",
 )
+@click.option(
+    "--rank-by",
+    type=click.Choice(["contribution", "solo", "isolated"]),
+    default="contribution",
+    show_default=True,
+    help="contribution: divergence each cut adds (split); solo: final divergence with only this layer on the"
+    " DSP (layerwise); isolated: the layer's own LSB error (layerwise).",
+)
 @_report_options(top=20)
 @_gate
 @click.option(
@@ -291,8 +299,8 @@ def _finish(report, fmt: str, output: Path | None, top: int, start: float, detai
 )
 @click.pass_context
 def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples, seed, modes, htp_arch, metric,
-           search_threshold, top, fmt, output, fail_under_sqnr, fail_over_lsb, fail_under_top1, gate_scope,
-           baseline, what_if):  # fmt: skip
+           search_threshold, rank_by, top, fmt, output, fail_under_sqnr, fail_over_lsb, fail_under_top1,
+           gate_scope, baseline, what_if):  # fmt: skip
     """Split the graph at every layer (DSP prefix, sim suffix) and rank layers by divergence.
 
     \b
@@ -322,7 +330,16 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
     source = _source(ws, inputs, samples, seed)
     show = not ctx.obj["quiet"]
     report, result = bisect_report(
-        ws, source, wanted, metric, _command(), search_threshold, changes, int(htp_arch), _progress(show)
+        ws,
+        source,
+        wanted,
+        metric,
+        _command(),
+        search_threshold,
+        changes,
+        int(htp_arch),
+        _progress(show),
+        rank_by,
     )
     _clear_progress(show)
     if thresholds.any or base is not None:

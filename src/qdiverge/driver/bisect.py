@@ -40,6 +40,7 @@ class StepOutcome:
     isolated: TensorMetrics | None = None
     cumulative: TensorMetrics | None = None
     split_final: TensorMetrics | None = None
+    solo: TensorMetrics | None = None
     contribution: float = 0.0
 
 
@@ -124,6 +125,7 @@ class Bisector:
         iso = [MetricsAccumulator(self.emu.target_encodings.get(t)) for t in tensors]
         cum = [MetricsAccumulator(self.emu.target_encodings.get(t)) for t in tensors]
         split = [self._final_acc() for _ in self.cuts]
+        solo = [self._final_acc() for _ in steps]
         final = self._final_acc()
         sim_vs_float = self._final_acc()
         captured = sorted({*inputs, *(t for s in steps for t in (*s.inputs, *s.outputs))})
@@ -161,6 +163,10 @@ class Bisector:
                     t = _step_tensor(s)
                     if t in out and t in sim_vals:
                         iso[first + k].update(sim_vals[t], out[t].dequantize())
+                    got = self._run_solo(self.cuts[k + 1], out, sim_vals)
+                    suffix_runs += 1
+                    for o in self.outputs:
+                        solo[k][o].update(sim_vals[o], got[o])
             if "split" in modes:
                 for c, cut in enumerate(self.cuts):
                     if progress and c % 10 == 0:
@@ -196,6 +202,7 @@ class Bisector:
                 isolated=iso[i].result() if iso[i].n else None,
                 cumulative=cum[i].result() if cum[i].n else None,
                 split_final=per_cut[0] if i == 0 else None,
+                solo=per_cut[0] if i == 0 else None,  # the input cut is input quantization alone
             )
             for i, t in enumerate(inputs)
         ]
@@ -214,6 +221,7 @@ class Bisector:
                     isolated=acc_iso.result() if acc_iso.n else None,
                     cumulative=acc_cum.result() if acc_cum.n else None,
                     split_final=per_cut[k + 1],
+                    solo=_combine(solo[k]) if next(iter(solo[k].values())).n else None,
                 )
             )
         return BisectResult(
@@ -225,6 +233,12 @@ class Bisector:
             modes=modes,
             suffix_runs=suffix_runs,
         )
+
+    def _run_solo(self, cut: Cut, step_out: dict[str, QTensor], sim_vals: dict[str, np.ndarray]):
+        """Final outputs with only one step on the DSP side: its outputs from the emulator (fed the sim's
+        inputs), every other tensor live across the cut from the sim."""
+        feeds = {t: step_out[t].dequantize() if t in step_out else sim_vals[t] for t in cut.live}
+        return self.sim.run_suffix(feeds, self.outputs)
 
     def _run_cut(self, cut: Cut, emu_vals: dict[str, QTensor]) -> dict[str, np.ndarray]:
         feeds = {t: _as_feed(emu_vals[t]) for t in cut.live}
@@ -289,7 +303,12 @@ def divergence_added(result: BisectResult, metric: str) -> float:
     return sum(max(d, 0.0) for d in _increments(result, metric) if d is not None and math.isfinite(d))
 
 
-def rank(result: BisectResult, metric: str, total: float | None = None) -> list[StepOutcome]:
+RANK_BY = ("contribution", "solo", "isolated")
+
+
+def rank(
+    result: BisectResult, metric: str, total: float | None = None, rank_by: str = "contribution"
+) -> list[StepOutcome]:
     """Set each step's contribution and sort, largest first.
 
     A contribution is the increase in final-output divergence (``metric``) from the previous cut to this
@@ -297,6 +316,10 @@ def rank(result: BisectResult, metric: str, total: float | None = None) -> list[
     in [-1, 1], the positive ones sum to 1, and a negative one means the layer's error partly cancels
     earlier ones. A what-if passes the original run's total so both are on one scale. Without split
     mode the isolated max LSB error ranks the layers instead.
+
+    ``rank_by``: ``contribution`` (split mode), ``solo`` (final-output divergence with only this layer on
+    the DSP side: robust when any early perturbation saturates the final noise), or ``isolated`` (the
+    layer's own LSB error).
     """
     total = divergence_added(result, metric) if total is None else total
     scale = 1.0 / total if total and math.isfinite(total) and total > 0 else 1.0
@@ -305,7 +328,20 @@ def rank(result: BisectResult, metric: str, total: float | None = None) -> list[
             outcome.contribution = _isolated_score(outcome) if "split" not in result.modes else 0.0
         else:
             outcome.contribution = delta * scale
-    return sorted(result.steps, key=lambda o: (-_finite(o.contribution), -_isolated_score(o), o.index))
+    keys = {
+        "contribution": lambda o: (-_finite(o.contribution), -_isolated_score(o), o.index),
+        "solo": lambda o: (-_finite(_solo_score(o, metric)), -_finite(o.contribution), o.index),
+        "isolated": lambda o: (-_isolated_score(o), -_mean_lsb(o), -_finite(o.contribution), o.index),
+    }
+    return sorted(result.steps, key=keys[rank_by])
+
+
+def _solo_score(o: StepOutcome, metric: str) -> float:
+    return _final_metric_value(o.solo, metric) if o.solo is not None else 0.0
+
+
+def _mean_lsb(o: StepOutcome) -> float:
+    return o.isolated.mean_lsb if o.isolated is not None and o.isolated.mean_lsb is not None else 0.0
 
 
 def _isolated_score(o: StepOutcome) -> float:

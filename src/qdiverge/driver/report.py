@@ -39,9 +39,10 @@ def build_report(
     outputs: Sequence[str],
     metric: str,
     why: Callable[[StepOutcome], tuple[Finding, ...]] | None = None,
+    rank_by: str = "contribution",
 ) -> Report:
-    """Rank the steps by ``metric`` and package everything as a ``Report``."""
-    ranked = rank(result, metric)
+    """Rank the steps (``rank_by``, contributions in ``metric``) and package everything as a ``Report``."""
+    ranked = rank(result, metric, rank_by=rank_by)
     layers = tuple(
         LayerResult(
             rank=position,
@@ -53,6 +54,7 @@ def build_report(
             isolated=o.isolated,
             cumulative=o.cumulative,
             split_final=o.split_final,
+            solo=o.solo,
             flags=report_flags(o.flags),
             why=why(o) if why else (),
         )
@@ -70,7 +72,13 @@ def build_report(
 
 
 def run_info(
-    ws, source, modes: Sequence[str], metric: str, command: Sequence[str], engines: Sequence[str]
+    ws,
+    source,
+    modes: Sequence[str],
+    metric: str,
+    command: Sequence[str],
+    engines: Sequence[str],
+    rank_by: str = "contribution",
 ) -> RunInfo:
     """Run metadata: hashes and options, no timestamps (identical runs give identical reports)."""
     return RunInfo(
@@ -88,6 +96,7 @@ def run_info(
         seed=source.seed if source.path is None else None,
         modes=tuple(modes),
         metric=metric,
+        rank_by=rank_by,
     )
 
 

@@ -59,19 +59,23 @@ def bisect_report(
     changes: Sequence[WhatIf] = (),
     htp_arch: int = 73,
     progress: Progress | None = None,
+    rank_by: str = "contribution",
 ) -> tuple[Report, BisectResult]:
     """Run ``qdiverge bisect``: the modes, the "why" of each ranked layer, and the what-ifs."""
     if changes and ws.target == QNN_HTP:
         raise InputError("--what-if re-runs the emulator; it is not available with --target qnn-htp")
     if changes and "split" not in modes:
         raise InputError("--what-if needs split mode (it compares per-layer contributions)")
+    if rank_by in ("solo", "isolated") and "layerwise" not in modes:
+        raise InputError(f"--rank-by {rank_by} needs layerwise mode")
     ws = ws.batched(source)
     dsp = ws.dsp(source, htp_arch)
     result = _measure(ws, dsp, source, modes, search_db, progress, ws.batch)
     dsp_name = f"qnn-htp:v{htp_arch}" if ws.target == QNN_HTP else f"emulate:{ws.profile.name}"
-    info = run_info(ws, source, modes, metric, command, ["sim", dsp_name])
+    info = run_info(ws, source, modes, metric, command, ["sim", dsp_name], rank_by)
     findings = findings_for(ws)
-    report = build_report(result, info, ws.model.outputs, metric, why=lambda o: _why(findings, o))
+    why = lambda o: _why(findings, o)  # noqa: E731
+    report = build_report(result, info, ws.model.outputs, metric, why=why, rank_by=rank_by)
     if changes:
         what_if = tuple(run_what_if(ws, source, c, result, metric) for c in changes)
         report = dataclasses.replace(report, what_if=what_if)

@@ -10,7 +10,7 @@ import math
 from qdiverge.metrics import TensorMetrics
 from qdiverge.reports.model import LayerResult, OutputSummary, Report
 
-HEADERS = ("rank", "node", "op", "tensor", "contribution", "iso LSB", "cum SQNR", "flags", "why")
+HEADERS = ("rank", "node", "op", "tensor", "contribution", "solo SQNR", "iso LSB", "cum SQNR", "flags", "why")
 FINDING_HEADERS = ("#", "severity", "rule", "node", "finding", "fix")
 DEFAULT_TOP = 20  # what fits a terminal and a pull-request comment
 
@@ -57,6 +57,7 @@ def layer_row(layer: LayerResult, width: int = 40) -> list[str]:
         layer.op_type,
         elide(layer.tensor, width),
         fmt_pct(layer.contribution),
+        fmt_db(layer.solo.sqnr_db if layer.solo else None),
         fmt_num(iso.max_lsb if iso else None),
         fmt_db(cum.sqnr_db if cum else None),
         ",".join(layer.flags),

@@ -13,7 +13,7 @@ from dataclasses import fields
 from qdiverge.metrics import TensorMetrics
 from qdiverge.reports.model import Report
 
-_KINDS = ("isolated", "cumulative", "split_final")
+_KINDS = ("isolated", "cumulative", "split_final", "solo")
 _METRIC_FIELDS = tuple(f.name for f in fields(TensorMetrics))
 COLUMNS = (
     "rank",

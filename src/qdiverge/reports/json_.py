@@ -142,6 +142,7 @@ def _layer(v: Any, where: str) -> LayerResult:
         isolated=_metrics(g("isolated"), f"{where}.isolated"),
         cumulative=_metrics(g("cumulative"), f"{where}.cumulative"),
         split_final=_metrics(g("split_final"), f"{where}.split_final"),
+        solo=_metrics(g("solo"), f"{where}.solo"),
         flags=_strings(g("flags"), f"{where}.flags"),
         why=tuple(
             _finding(x, f"{where}.why[{i}]") for i, x in enumerate(_typed(g("why"), list, f"{where}.why"))
@@ -168,6 +169,7 @@ def _run(v: Any, where: str) -> RunInfo:
         seed=None if seed is None else _typed(seed, int, f"{where}.seed"),
         modes=_strings(g("modes"), f"{where}.modes"),
         metric=s("metric"),
+        rank_by=s("rank_by"),
     )
 
 

@@ -54,6 +54,7 @@ class LayerResult:
     cumulative: TensorMetrics | None
     split_final: TensorMetrics | None
     flags: tuple[str, ...] = ()
+    solo: TensorMetrics | None = None  # final outputs with only this layer on the DSP side
     why: tuple[Finding, ...] = ()
 
 
@@ -80,6 +81,7 @@ class RunInfo:
     seed: int | None
     modes: tuple[str, ...]
     metric: str
+    rank_by: str = "contribution"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_fields", _plain(dict(self.target_fields)))
