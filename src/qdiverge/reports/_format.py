@@ -103,3 +103,20 @@ def finding_rows(report: Report, top: int | None, width: int = 40) -> list[list[
         for f in layer.why:
             rows.append([str(len(rows) + 1), f.severity, f.rule, elide(layer.node, width), f.message, f.fix])
     return rows if top is None else rows[: max(top, 0)]
+
+
+def concentration_line(report: Report) -> str | None:
+    """Whether the divergence has one culprit or is spread out (split-mode contributions), in words."""
+    if report.run.rank_by != "contribution" or "split" not in report.run.modes or not report.layers:
+        return None
+    shares = sorted((la.contribution for la in report.layers), reverse=True)
+    top, top5 = shares[0], sum(max(x, 0.0) for x in shares[:5])
+    lead = top_layers(report, 1)[0]
+    if top >= 0.5:
+        return f"one layer dominates: {lead.node} adds {fmt_pct(top)} of the divergence"
+    if top5 < 0.5:
+        return (
+            f"no single culprit: the top 5 layers add {fmt_pct(top5)} of the divergence; it is spread over"
+            " many layers (per-op rounding differences); see solo SQNR for each layer alone"
+        )
+    return f"top layer {lead.node} adds {fmt_pct(top)}; the top 5 add {fmt_pct(top5)}"

@@ -8,6 +8,7 @@ from qdiverge.reports._format import (
     DEFAULT_TOP,
     FINDING_HEADERS,
     HEADERS,
+    concentration_line,
     finding_rows,
     fmt_pct,
     is_check,
@@ -39,6 +40,9 @@ def render(report: Report, top: int | None = DEFAULT_TOP) -> str:
     )
     lines.append("")
     lines += [f"- {_cell(summary_line(out))}" for out in report.summary]
+    verdict_line = concentration_line(report)
+    if verdict_line:
+        lines.append(f"- {_cell(verdict_line)}")
     if is_check(report):
         rows = [[_cell(c) for c in row] for row in finding_rows(report, top)]
         lines += ["", tabulate(rows, headers=FINDING_HEADERS, tablefmt="github", disable_numparse=True)]
