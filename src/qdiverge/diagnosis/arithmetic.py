@@ -206,7 +206,7 @@ def requant_multiplier(ctx: CheckContext) -> list[Finding]:
                 )
             )
             continue
-        params = prepare_requant(m, spec, 0)
+        params = prepare_requant(m, spec, 0, lin.out.bitwidth)
         top = (1 << lin.out.bitwidth) - 1
         in_range, big = _sweep(m, lin.out.bitwidth)
         errors = []

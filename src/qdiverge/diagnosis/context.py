@@ -104,8 +104,8 @@ class CheckContext:
             return None
         return consumers[0]
 
-    def fuses(self, first: Node, second: str) -> bool:
-        """Whether the target fuses op type ``second`` into the preceding node ``first``."""
+    def fuses(self, first: Node, second: Node) -> bool:
+        """Whether the target fuses node ``second`` into the preceding node ``first``."""
         return fuses(self.profile, first, second, self.model)
 
     def output_encoding(self, node: Node) -> tuple[Encoding | None, str]:
@@ -115,7 +115,7 @@ class CheckContext:
         tensor, current = node.outputs[0], node
         for _ in range(len(self.model.nodes)):
             nxt = self.sole_consumer(tensor)
-            if nxt is not None and self.fuses(current, nxt.op_type):
+            if nxt is not None and self.fuses(current, nxt):
                 tensor, current = nxt.outputs[0], nxt
                 continue
             enc = self.own_encoding(tensor)

@@ -35,10 +35,8 @@ def missing_target_encoding(ctx: CheckContext) -> list[Finding]:
         ):
             continue
         nxt = ctx.sole_consumer(tensor)
-        if nxt is not None and ctx.fuses(node, nxt.op_type):
+        if nxt is not None and ctx.fuses(node, nxt):
             continue  # the target fuses it too: no tensor, no encoding needed
-        if node.op_type == "MatMul" and ctx.bias(node)[1] is not None:
-            continue  # MatMul + constant Add is one linear op with a bias on every target
         if nxt is not None and nxt.op_type in DATA_MOVEMENT_OPS and ctx.output_encoding(node)[0] is not None:
             continue  # converters propagate the encoding back across data movement
         chain = ctx.supergroup_tensors.get(tensor)
@@ -96,7 +94,7 @@ def sim_only_quantizer(ctx: CheckContext) -> list[Finding]:
         tensor = node.outputs[0] if node.outputs else ""
         enc = ctx.encodings.activations.get(tensor)
         nxt = ctx.sole_consumer(tensor) if tensor else None
-        if enc is None or enc.is_float or nxt is None or not ctx.fuses(node, nxt.op_type):
+        if enc is None or enc.is_float or nxt is None or not ctx.fuses(node, nxt):
             continue
         out = ctx.own_encoding(nxt.outputs[0])
         if out is not None and nxt.op_type in MONOTONE_CLAMPS and same_encoding(enc, out):

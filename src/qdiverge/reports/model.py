@@ -54,8 +54,8 @@ class LayerResult:
     cumulative: TensorMetrics | None
     split_final: TensorMetrics | None
     flags: tuple[str, ...] = ()
-    solo: TensorMetrics | None = None  # final outputs with only this layer on the DSP side
     why: tuple[Finding, ...] = ()
+    solo: TensorMetrics | None = None  # final outputs with only this layer on the DSP side
 
 
 def _plain(value: Any) -> Any:

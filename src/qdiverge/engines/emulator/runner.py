@@ -9,6 +9,13 @@ export leaves without an encoding (a sim supergroup the target does not fuse, an
 gets one derived as a converter would (``encoding_from_range`` over the sim's un-quantized values, through
 the ``calibrate`` callback), and its step is flagged. Ops without a kernel, or whose ``prepare`` raises
 ``Unsupported``, run in float on onnxruntime (dequantize -> op -> quantize) and are flagged; never silently.
+
+Constants are what the converter makes of them: static nodes (shape arithmetic, a Reshape of a constant)
+are folded at bind time (``static``) and their steps only emit the folded values; a float constant an
+``Add``/``Sub``/``Mul``/``Div`` reads without an encoding is quantized with one derived from its value range
+(8-bit ``encoding_from_range``, as the converter quantizes static tensors) and the step is flagged; steps
+with only integer outputs computed from integers (a Shape of a tensor of unknown shape) run exactly on
+onnxruntime, unflagged: they are shape computations, not arithmetic the target approximates.
 """
 
 from __future__ import annotations
@@ -19,18 +26,17 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
 
 from qdiverge.encodings.schema import Encoding, EncodingSet, encoding_from_range
 from qdiverge.engines.base import make_session
 from qdiverge.engines.emulator import registry
 from qdiverge.engines.emulator.requant import quantize_float
+from qdiverge.engines.emulator.static import SHAPE_OPS, Constants, static_encoding, subgraph_model
 from qdiverge.engines.qtensor import QTensor
 from qdiverge.errors import InputError
 from qdiverge.loading.model import Model, Node
 from qdiverge.profiles.fusion import fuses
 from qdiverge.profiles.schema import Profile
-from qdiverge.quant import dequantize
 
 # outputs share the input's encoding on the target (TFLite spec, AIMET "is_output_quantized False")
 PASS_THROUGH = frozenset(
@@ -59,6 +65,9 @@ PASS_THROUGH = frozenset(
         "TopK",
     }
 )
+# ops whose float constant inputs the converter quantizes itself when the export gives them no encoding
+DERIVES_CONSTANTS = frozenset({"Add", "Sub", "Mul", "Div"})
+STATIC, SHAPE = "static", "shape"  # Step.note: folded at bind time | integer shape computation run exactly
 FLOAT_TYPES = frozenset(
     {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 )
@@ -79,6 +88,7 @@ class Step:
     float_fallback: bool = False
     fallback_reason: str = ""
     derived_encodings: list[str] = field(default_factory=list)
+    note: str = ""  # STATIC or SHAPE: exact, never a float fallback
     kernel: Any = None
     params: Any = None
     args: tuple[Any, ...] = ()  # per main-node input: a tensor name to read, or a prepared constant value
@@ -138,8 +148,10 @@ class Emulator:
         self._supergroup = dict(supergroup_internal or {})
         self._types = _elem_types(model)
         self._sessions: dict[str, Any] = {}
-        self.steps: list[Step] = self._plan()
+        self.constants = Constants(model, encodings, profile.weight_rounding, self._types)
+        self.steps: list[Step] = self._plan(self.constants.folded_nodes)
         self.target_encodings: dict[str, Encoding | None] = self._resolve_encodings(calibrate)
+        self.constants.target = self.target_encodings
         for step in self.steps:
             step.output_encodings = tuple(self.target_encodings.get(o) for o in step.outputs)
             self._bind(step)
@@ -148,6 +160,9 @@ class Emulator:
     # ---- planning -------------------------------------------------------------------------------
     def _is_float(self, name: str) -> bool:
         return self._types.get(name, onnx.TensorProto.FLOAT) in FLOAT_TYPES
+
+    def _is_const(self, name: str) -> bool:
+        return name in self.constants.values
 
     def _fusion_chain(self, node: Node) -> list[Node]:
         best = [node]
@@ -162,7 +177,7 @@ class Emulator:
                     len(users) != 1
                     or users[0].op_type != op
                     or outs[0] in self.model.outputs
-                    or not fuses(self.profile, chain[-1], op, self.model)
+                    or not fuses(self.profile, chain[-1], users[0], self.model)
                 ):
                     break
                 chain.append(users[0])
@@ -170,20 +185,15 @@ class Emulator:
                 best = chain
         return best
 
-    def _plan(self) -> list[Step]:
+    def _plan(self, folded: frozenset[int]) -> list[Step]:
         steps, taken = [], set()
         for node in self.model.nodes:
             if node.index in taken:
                 continue
-            chain = self._fusion_chain(node)
+            chain = [node] if node.index in folded else self._fusion_chain(node)
             taken.update(n.index for n in chain)
             internal = {o for n in chain[:-1] for o in n.outputs}
-            inputs = [
-                i
-                for n in chain
-                for i in n.inputs
-                if i and i not in internal and not self.model.is_constant(i)
-            ]
+            inputs = [i for n in chain for i in n.inputs if i and i not in internal and not self._is_const(i)]
             steps.append(
                 Step(
                     name=node.name,
@@ -192,6 +202,7 @@ class Emulator:
                     outputs=tuple(o for o in chain[-1].outputs if o),
                     output_encodings=(),
                     fused=[n.name for n in chain[1:]],
+                    note=STATIC if node.index in folded else "",
                 )
             )
         return steps
@@ -210,14 +221,18 @@ class Emulator:
             main = step.nodes[0]
             first = next((target.get(i) for i in main.inputs if target.get(i) is not None), None)
             for out in step.outputs:
+                source = main.inputs[0] if main.inputs else ""
                 if out in acts or not self._is_float(out):
                     target[out] = acts.get(out)
                 elif (
                     len(step.nodes) == 1
                     and main.op_type in PASS_THROUGH
-                    and main.inputs[0] in (*target, *alias, *derive)
+                    and (source in (*target, *alias, *derive) or self.constants.encoding(source) is not None)
                 ):
-                    alias[out] = main.inputs[0]
+                    alias[out] = source
+                elif step.note == STATIC:  # a static tensor: the converter quantizes it over its values
+                    target[out] = static_encoding(out, self.constants.values[out])
+                    step.derived_encodings.append(out)
                 else:
                     derive[out] = (step, first.bitwidth if first is not None else 8)
         if derive:
@@ -238,36 +253,40 @@ class Emulator:
         for name, source in alias.items():
             while source in alias:
                 source = alias[source]
-            target[name] = target.get(source)
+            target[name] = target[source] if source in target else self.constants.encoding(source)
         return target
 
     # ---- binding --------------------------------------------------------------------------------
-    def _constant(self, name: str) -> Any:
-        """A constant input as kernels receive it: codes if it has an encoding, else the raw array."""
-        value = self.model.initializers[name]
-        enc = self.encodings.get(name)
-        if enc is None or enc.is_float or not np.issubdtype(value.dtype, np.floating):
-            return value
-        return quantize_float(value, enc, self.profile.weight_rounding)
+    def _integer_only(self, step: Step) -> bool:
+        """Integer outputs computed from integers or from a shape alone: a shape computation."""
+        main = step.nodes[0]
+        ints_in = main.op_type in SHAPE_OPS or not any(self._is_float(i) for i in main.inputs if i)
+        return len(step.nodes) == 1 and ints_in and not any(self._is_float(o) for o in step.outputs)
 
     def _bind(self, step: Step) -> None:
-        main, model = step.nodes[0], self.model
+        main = step.nodes[0]
+        if step.note == STATIC:  # emits its folded values, on the output encodings
+            step.params = tuple(self.constants.codes(o) for o in step.outputs)
+            return
+        if self._integer_only(step):
+            step.note = SHAPE
+            return
         names = main.inputs
-        consts = [model.initializers.get(n) if n else None for n in names]
+        if main.op_type in DERIVES_CONSTANTS:
+            step.derived_encodings += self.constants.derive(names)
+        consts = self.constants
         binding = registry.Binding(
             node=main,
             input_encodings=[
-                None if not n or model.is_constant(n) else self.target_encodings.get(n) for n in names
+                None if not n or self._is_const(n) else self.target_encodings.get(n) for n in names
             ],
             output_encodings=step.output_encodings,
-            constants=consts,
-            param_encodings=[
-                self.encodings.params.get(n) if n and model.is_constant(n) else None for n in names
-            ],
-            input_shapes=[model.shapes.get(n) if n else None for n in names],
+            constants=[consts.values.get(n) if n else None for n in names],
+            param_encodings=[consts.encoding(n) if n else None for n in names],
+            input_shapes=[consts.shapes.get(n) if n else None for n in names],
             profile=self.profile,
             fused=step.nodes[1:],
-            fused_constants=[[model.initializers.get(i) for i in n.inputs] for n in step.nodes[1:]],
+            fused_constants=[[consts.values.get(i) for i in n.inputs] for n in step.nodes[1:]],
         )
         kernel = registry.lookup(main.op_type)
         if kernel is None:
@@ -283,9 +302,9 @@ class Emulator:
         reads_constants = getattr(kernel, "reads_constants", True)
         step.args = tuple(
             None
-            if not n or (model.is_constant(n) and not reads_constants)
-            else self._constant(n)
-            if model.is_constant(n)
+            if not n or (self._is_const(n) and not reads_constants)
+            else consts.codes(n)
+            if self._is_const(n)
             else _Arg(n)
             for n in names
         )
@@ -334,7 +353,9 @@ class Emulator:
         """One step. Encoded outputs keep the integer dtype their kernel returned and only kernels with
         ``narrow_inputs`` read them so; the others get int64. Between two onnxruntime-backed kernels a
         tensor then stays uint8/int8 instead of a round trip through int64 (a third of the run time)."""
-        if step.float_fallback:
+        if step.note == STATIC:
+            outs = step.params
+        elif step.float_fallback or step.note == SHAPE:
             outs = self._run_float(step, inputs)
         else:
             narrow = getattr(step.kernel, "narrow_inputs", False)
@@ -364,37 +385,16 @@ class Emulator:
         )
 
     def _single_step_model(self, step: Step) -> onnx.ModelProto:
-        """The step's nodes alone, constants fake-quantized with their param encodings."""
-        model, used = self.model, {i for n in step.nodes for i in n.inputs if i}
-        inits = []
-        for name in sorted(used & set(model.initializers)):
-            value, enc = model.initializers[name], self.encodings.get(name)
-            if enc is not None and not enc.is_float and np.issubdtype(value.dtype, np.floating):
-                value = dequantize(quantize_float(value, enc, self.profile.weight_rounding), enc).astype(
-                    value.dtype
-                )
-            inits.append(numpy_helper.from_array(np.asarray(value), name))
-        inputs = [
-            helper.make_tensor_value_info(
-                n,
-                self._types.get(n, onnx.TensorProto.FLOAT)
-                if not self.target_encodings.get(n)
-                else onnx.TensorProto.FLOAT,
-                None,
-            )
+        """The step's nodes alone, constants as the target holds them (``_held``)."""
+        used = {i for n in step.nodes for i in n.inputs if self._is_const(i)}
+        inputs = {
+            n: onnx.TensorProto.FLOAT
+            if self.target_encodings.get(n)
+            else self._types.get(n, onnx.TensorProto.FLOAT)
             for n in step.inputs
-        ]
-        nodes = [
-            nproto
-            for nproto in model.proto.graph.node
-            if tuple(nproto.output) in {tuple(n.outputs) for n in step.nodes}
-        ]
-        graph = helper.make_graph(
-            nodes, step.name, inputs, [onnx.ValueInfoProto(name=o) for o in step.outputs], inits
-        )
-        out = helper.make_model(graph, opset_imports=list(model.proto.opset_import))
-        out.ir_version = model.proto.ir_version
-        return out
+        }
+        held = {n: self.constants.held(n) for n in used}
+        return subgraph_model(self.model, step.nodes, inputs, step.outputs, held)
 
     def fallback_report(self) -> list[dict[str, Any]]:
         """Steps that did not run as plain integer kernels: float fallbacks and derived encodings."""
@@ -411,6 +411,6 @@ class Emulator:
 
     def describe(self) -> Sequence[str]:
         return [
-            f"{s.name}: {'+'.join(n.op_type for n in s.nodes)} {' '.join(s.flags)}".rstrip()
+            f"{s.name}: {'+'.join(n.op_type for n in s.nodes)} {' '.join((*s.flags, s.note))}".rstrip()
             for s in self.steps
         ]

@@ -42,7 +42,7 @@ from qdiverge.engines.emulator.kernels.rescale import (
     scalar_encoding,
 )
 from qdiverge.engines.emulator.registry import Binding, Unsupported, kernel
-from qdiverge.engines.emulator.requant import RequantParams, apply_requant, prepare_requant
+from qdiverge.engines.emulator.requant import RequantParams, apply_requant, prepare_requant, quantize_float
 from qdiverge.quant import dequantize, quantize_aimet
 
 
@@ -186,7 +186,8 @@ class MulParams:
     zo: int
     qmin: int
     qmax: int
-    requant: RequantParams | None = None  # Mul
+    requant: RequantParams | None = None  # Mul; Div by a constant
+    sign: int = 1  # Div by a constant: its sign
     qm: int = 0  # Div: M ~= qm * 2^(shift - 31)
     shift: int = 0
     rounding: str = "half_even"
@@ -212,6 +213,17 @@ class Mul:
         return apply_requant((a - p.za) * (b - p.zb), p.requant, p.qmin, p.qmax)
 
 
+def _scalar_divisor(b: Binding, sb: float, zb: int) -> float:
+    """The real value the target holds for a one-element constant divisor, ``s_b (q_b - z_b)``; 0.0 when
+    input B is not such a constant (or is zero: the general kernel saturates)."""
+    const = b.constants[1] if len(b.constants) > 1 else None
+    enc = encoding_of(b, 1)
+    if const is None or const.size != 1 or enc is None:
+        return 0.0
+    code = quantize_float(np.asarray(const, dtype=np.float64).reshape(1), enc, b.profile.weight_rounding)
+    return sb * (int(code[0]) - zb)
+
+
 @kernel("Div")
 class Div:
     """``y = clamp(R((a - z_a) * qm / ((b - z_b) * 2^(31 - shift))) + z_out)``: one exact rational rounding.
@@ -220,12 +232,20 @@ class Div:
     rounded once with ``profile.eltwise.rounding`` (an integer divider, no reciprocal table). A zero divisor
     saturates to ``qmax``/``qmin`` by the sign of the numerator (``z_out`` for 0/0), like a float ``inf``
     clamped to the output range.
+
+    A one-element constant divisor ``c`` (HardSwish's ``/ 6`` as Paddle exports it) is what a converter
+    turns into a multiply by the static ``1/c``: one requantization ``R((a - z_a) * M) + z_out`` with
+    ``M = s_a / (|c| s_out)`` (sign of ``c`` applied to ``a - z_a``), ``c`` at its quantized value.
     """
 
     @staticmethod
     def prepare(b: Binding) -> MulParams:
         sa, za, sb, zb, so, zo, out = _binary_encodings(b)
         spec = b.profile.eltwise
+        divisor = _scalar_divisor(b, sb, zb)
+        if divisor:
+            rq = prepare_requant(ratio(spec, sa, 1.0, abs(divisor) * so), spec, zo)
+            return MulParams(za, zb, zo, out.qmin, out.qmax, requant=rq, sign=1 if divisor > 0 else -1)
         qm, shift = quantize_multiplier(ratio(spec, sa, 1.0, sb * so))
         if 31 - int(shift[0]) > 62 - 17:  # (b - z_b) << (31 - shift) must fit int64 for 16-bit inputs
             raise Unsupported("Div: multiplier below 2^-14")
@@ -234,6 +254,8 @@ class Div:
 
     @staticmethod
     def run(p: MulParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if p.requant is not None:  # constant divisor: a multiply by its reciprocal
+            return apply_requant((a - p.za) * p.sign, p.requant, p.qmin, p.qmax)
         num, den = np.broadcast_arrays((a - p.za) * p.qm, (b - p.zb) << (31 - p.shift))
         safe = np.where(den == 0, 1, den)
         y = rounding_divide(num, safe, p.rounding) + p.zo

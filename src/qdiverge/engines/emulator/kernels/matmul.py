@@ -3,14 +3,16 @@
     acc[..., m, n] = sum_k (a_q[..., m, k] - z_a) * (b_q[k, n] - z_b[n])
 
 ``B`` is a constant weight (per-tensor or per-column encoding) or, for MatMul, a second activation. Gemm's
-``alpha`` joins the real multiplier and ``beta * C`` is the bias, quantized at ``alpha * s_a * s_b``. The
+``alpha`` joins the real multiplier and ``beta * C`` is the bias, quantized at ``alpha * s_a * s_b``. A
+constant Add the profile fuses after a MatMul or a bias-less Gemm (``profiles.fusion.bias_of_add``) is that
+bias too: the converter's FullyConnected, int32 bias at ``s_a * s_b`` in the accumulator. The
 sum is exact (under the ``linear`` float32 bound on an onnxruntime Gemm/MatMul, ``accumulate``; else float64
 numpy BLAS); output channels are the last axis.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -51,6 +53,26 @@ def _constant_b(b: Binding, channel_axis: int) -> tuple[np.ndarray, np.ndarray]:
     return (wz.T if channel_axis == 0 else wz), scale
 
 
+def _fused_bias(b: Binding) -> tuple[np.ndarray | None, Binding]:
+    """(The constant of a fused bias Add, flattened; the binding without that Add, later activations kept)."""
+    if not b.fused or b.fused[0].op_type != "Add":
+        return None, b
+    const = next((c for c in b.fused_constants[0] if c is not None), None)
+    if const is None:
+        raise Unsupported("fused Add without a constant bias")
+    bias = np.asarray(const, dtype=np.float64).reshape(-1)
+    return bias, replace(b, fused=b.fused[1:], fused_constants=b.fused_constants[1:])
+
+
+def _columns(bias: np.ndarray | None, n: int) -> np.ndarray | None:
+    """``bias`` (one value or ``n``) broadcast to the ``n`` output columns."""
+    if bias is None:
+        return None
+    if bias.size not in (1, n):
+        raise Unsupported(f"bias of {bias.size} values for {n} output columns")
+    return np.broadcast_to(bias, (n,))
+
+
 def _constant_b_params(
     b: Binding,
     a_enc: Encoding,
@@ -89,12 +111,14 @@ class Gemm(WeightKernel):
         if alpha <= 0:
             raise Unsupported("Gemm with alpha <= 0")
         wz, scale = _constant_b(b, 0 if node.attr("transB", 0) else 1)
-        bias = None
+        bias, b = _fused_bias(b)
+        bias = _columns(bias, wz.shape[1])  # a real addend, quantized at alpha * s_a * s_b like beta * C
         if len(node.inputs) > 2 and node.inputs[2]:
             c = b.constants[2]
             if c is None or (c.size > 1 and c.reshape(-1).size != wz.shape[1]):
                 raise Unsupported("Gemm C is not a constant per-column bias")
-            bias = np.broadcast_to(beta * np.asarray(c, dtype=np.float64).reshape(-1), (wz.shape[1],))
+            c_bias = np.broadcast_to(beta * np.asarray(c, dtype=np.float64).reshape(-1), (wz.shape[1],))
+            bias = c_bias if bias is None else bias + c_bias
         return _constant_b_params(b, a_enc, wz, scale, bias, alpha, bool(node.attr("transA", 0)))
 
     @staticmethod
@@ -113,13 +137,17 @@ class MatMul(WeightKernel):
         a_enc = activation_encoding(b.input_encodings[0], "input A")
         if b.constants[0] is not None:
             raise Unsupported("MatMul with a constant left operand")
+        bias, b = _fused_bias(b)
         if b.constants[1] is not None:
-            return _constant_b_params(b, a_enc, *_constant_b(b, 1), None, 1.0, None)
+            wz, scale = _constant_b(b, 1)
+            return _constant_b_params(b, a_enc, wz, scale, _columns(bias, wz.shape[1]), 1.0, None)
         b_enc = activation_encoding(b.input_encodings[1], "input B")
         shape = b.input_shapes[0]
         per_k = float(code_radius(a_enc) * code_radius(b_enc))
         # K unknown at bind time: float64 and a run-time check of the bound
         bound = per_k * shape[-1] if shape else float(1 << 52)
+        if bias is not None:
+            raise Unsupported("fused bias Add on an activation x activation MatMul")
         dtype, epilogue = prepare_accumulation(b, a_enc, b_enc.scale, None, bound)
         return MatMulParams(
             weights=None,
