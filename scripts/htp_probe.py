@@ -13,6 +13,7 @@ from qdiverge.probes import conv, eltwise, fusion, inputs, lut, rescale
 PROBES = {
     "ties": conv.probe_conv_ties,
     "multiplier": conv.probe_multiplier,
+    "prescale": conv.probe_prescale,
     "bias": conv.probe_bias,
     "depthwise": conv.probe_depthwise,
     "lut": lut.probe_luts,

@@ -174,10 +174,14 @@ def fault_case(tmp_path: Path, fault: str, fix: str = "") -> Case:
     if fault == "saturate":  # the dead channel exports AIMET's minimum scale (fixed: a normal one)
         entry = next(e for e in data["param_encodings"] if e["name"] == "pw2.weight")
         entry["scale"][5] = float(np.median(entry["scale"])) if fix else EPS32
-    target = "htp"
+    # htp with the exact q31 conv requant: HTP's 12-bit form (probe prescale) adds +-1 LSB noise at every
+    # layer, and these models measure the injected fault alone
+    fields = {**_htp_fields(), "name": "htp-exact-requant"}
+    fields["conv"] = {**fields["conv"], "multiplier": "q31"}
     if fault == "bias8" and not fix:
-        target = str(folder / "htp_bias8.yaml")
-        Path(target).write_text(yaml.safe_dump({"name": "htp-bias8", **_htp_fields(), "bias_bits": 8}))
+        fields.update(name="htp-bias8", bias_bits=8)
+    target = str(folder / "htp_target.yaml")
+    Path(target).write_text(yaml.safe_dump(fields))
     config = folder / "quantsim_config.json"
     config.write_text(json.dumps(CONFIG))
     return Case(save(model, folder), write(data, folder), config, target, frozenset(FAULTY[fault]))

@@ -107,7 +107,7 @@ def test_q31_single_rounding_equals_exact_rational(acc, m, zp, signed):
 @given(
     acc=st.lists(st.integers(-(2**24), 2**24), min_size=1, max_size=8),
     m=st.floats(1e-6, 4.0, allow_nan=False),
-    form=st.sampled_from(["q31_unnormalized", "q15", "q15_truncated", "float32", "float64"]),
+    form=st.sampled_from(["q31_unnormalized", "q15", "q15_truncated", "q12_prescaled", "float32", "float64"]),
     rounding=st.sampled_from(["half_up", "half_away", "half_even", "floor", "trunc"]),
 )
 def test_every_form_stays_in_range(acc, m, form, rounding):
@@ -169,3 +169,40 @@ def test_quantize_float_saturates_and_rounds_exactly(x, bw, signed, scale, offse
     for q, y in zip(quotients.tolist(), got, strict=True):
         r = _round_fraction(Fraction(q), rounding) if math.isfinite(q) else (steps + 1) * (1 if q > 0 else -1)
         assert y == min(steps, max(0, r - offset)) + enc.qmin
+
+
+def _htp_prescaled(acc: int, m: Fraction, zp: int) -> int:
+    """HTP's 8-bit requant as measured (probe ``prescale``), on exact rationals: find ``g`` with
+    ``m * 2^g`` in ``[1/16, 1/8)``, a 12-bit ``mq``, then the midpoint of the accumulator's ``2^g`` step."""
+    g = 0
+    while m * 2**g < Fraction(1, 16):
+        g += 1
+    while m * 2**g >= Fraction(1, 8):
+        g -= 1
+    mq = math.floor(m * 2 ** (g + 15) + Fraction(1, 2))
+    step = math.floor(Fraction(acc) / Fraction(2) ** g)
+    return min(127, max(-128, math.floor(Fraction((2 * step + 1) * mq, 2**16) + Fraction(1, 2)) + zp))
+
+
+def test_q12_prescaled_equals_exact_reference_and_rounds_ties_up():
+    rng = np.random.default_rng(5)
+    # per channel: dyadic (exact ties), g = 4 and g = 17 (coarse steps), a mantissa rounding up to 2^12,
+    # and M >= 1/8 (left shifts)
+    m = np.array([1 / 32, 0.5, 0.0055242, 2.54e-6, 4095.8 / 2**19, 0.16531836, 1.28, 300.0])
+    acc = np.concatenate([np.arange(-4100, 4100), rng.integers(-(2**31), 2**31 - 1, 600)])
+    acc = np.broadcast_to(acc, (m.size, acc.size)).T.copy()  # channels along axis 1
+    params = prepare_requant(m, RequantSpec(multiplier="q12_prescaled", rounding="half_up"), -3)
+    got = apply_requant(acc, params, -128, 127, axis=1)
+    fr = [Fraction(float(v)) for v in m]
+    want = np.array([[_htp_prescaled(int(a), fr[c], -3) for c in range(m.size)] for a in acc[:, 0]])
+    np.testing.assert_array_equal(got, want)
+    for c in (0, 1):  # dyadic M: every exact .5 tie rounds half up, as HTP's tie probe measured
+        exact = [min(127, max(-128, math.floor(int(a) * fr[c] + Fraction(1, 2)) - 3)) for a in acc[:, 0]]
+        np.testing.assert_array_equal(got[:, c], exact)
+    # 16-bit outputs take the exact q31 path instead (HTP's a16 outputs matched exact)
+    wide = prepare_requant(m, RequantSpec(multiplier="q12_prescaled"), 0, out_bits=16)
+    q31 = prepare_requant(m, RequantSpec(multiplier="q31"), 0)
+    np.testing.assert_array_equal(
+        apply_requant(acc, wide, -(2**15), 2**15 - 1, axis=1),
+        apply_requant(acc, q31, -(2**15), 2**15 - 1, axis=1),
+    )

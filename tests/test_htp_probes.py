@@ -32,6 +32,7 @@ def test_conv_requant_ties_round_half_up_when_signedness_is_kept(ties):
     ):
         result = ties[label]
         assert result.compare("exact/RHU").match == 1.0, label
+        assert result.compare("q12 prescaled/RHU").match == 1.0, label  # the emulator's htp form
         assert result.compare("exact/RNE").match < 1.0, label  # the probe really hits ties
 
 
@@ -50,11 +51,19 @@ def test_bias_requantized_at_s_in_s_w_with_ties_to_even():
     assert double.compare("declared scale ignored").match < 0.6
 
 
-def test_multiplier_is_far_finer_than_q15():
-    narrow, _ = conv.probe_multiplier(73)
-    assert narrow.compare("exact/RHU").match > 0.98
-    assert narrow.compare("exact/RHU").widest < 1e-3
-    assert narrow.compare("q15 mantissa/RHU").match < narrow.compare("exact/RHU").match
+def test_8bit_conv_requant_is_a_12_bit_multiplier_on_a_shifted_accumulator():
+    # (2*floor(acc/2^g) + 1) * mq / 2^16, mq = 12-bit mantissa of M*2^g in [1/16, 1/8): every code
+    for result in conv.probe_multiplier(73):
+        assert result.compare("q12 prescaled/RHU").match == 1.0, result.name
+        assert result.compare("exact/RHU").match < 0.99, result.name
+    chans = len(conv.PRESCALE_M)
+    for result in conv.probe_prescale(73):
+        got = result.got.reshape(chans, -1)
+        want = result.candidates["q12 prescaled/RHU"].reshape(chans, -1)
+        # channel 0: g = 4, no bias; channel 2: mq rounds up to 2^12, bias -1000 (a multiple of 2^(g-1))
+        np.testing.assert_array_equal(got[[0, 2]], want[[0, 2]], err_msg=result.name)
+        assert result.compare("exact/RHU").match < 0.995, result.name
+        assert result.compare("q12 prescaled/RHU").match > 0.995, result.name  # the rest: bias (open)
 
 
 def _relu_conv() -> onnx.ModelProto:

@@ -28,17 +28,19 @@ ARGS = [
 
 # op -> minimum fraction of layerwise output codes identical to HTP (measured: see module docstring)
 LAYERWISE_MIN = {
-    "Conv+Relu": 0.985,
-    "Conv+HardSwish": 0.98,
-    "Conv": 0.975,
-    "Mul": 0.995,
-    "Add": 0.985,
-    "GlobalAveragePool": 0.998,
+    "Conv+Relu": 0.997,
+    "Conv+HardSwish": 0.99,
+    "Conv": 0.996,
+    "Mul": 0.998,
+    "Add": 0.995,
+    "GlobalAveragePool": 1.0,
     "HardSwish": 1.0,
     "HardSigmoid": 1.0,
     "Flatten": 1.0,
-    "Gemm": 0.97,
+    "Gemm": 1.0,
 }
+# end to end (errors accumulate through the network): the lowest measured among the ops checked is 55.8%
+END_TO_END_MIN = 0.53
 
 
 def test_missing_onnxruntime_qnn_names_the_extra(monkeypatch):
@@ -98,8 +100,8 @@ def test_emulator_agrees_with_htp_as_measured(measured):
     assert fused["emulate"].match > fused["sim"].match + 0.04
     for op in ("Conv+Relu", "Conv+HardSwish", "Conv", "Mul", "Add", "GlobalAveragePool"):
         assert whole[op]["emulate"].match >= whole[op]["sim"].match - 0.001, op
-        # end to end, +-1 LSB misses cascade through the trained example (51-79% measured on sample 0)
-        assert whole[op]["emulate"].match > 0.45, op
+        # end to end, +-1 LSB misses cascade through the trained example
+        assert whole[op]["emulate"].match > END_TO_END_MIN, op
 
 
 @pytest.mark.htp

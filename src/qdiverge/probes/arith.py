@@ -67,6 +67,24 @@ def scaled(acc: np.ndarray, m: Fraction) -> tuple[np.ndarray, int]:
     return as_objects(acc) * m.numerator, m.denominator
 
 
+def q12_prescaled(acc: np.ndarray, m: Fraction) -> tuple[np.ndarray, int]:
+    """HTP's 8-bit requantization of ``acc * m`` as exact ``(num, den)`` (probe ``prescale``).
+
+    ``g`` is the integer with ``m * 2^g`` in ``[1/16, 1/8)`` and ``mq = RHU(m * 2^(g + 15))`` a 12-bit
+    integer; the accumulator is shifted (``floor(acc / 2^g)``, exact for ``g < 0``) and the midpoint of that
+    step is scaled: ``y = (2 * floor(acc / 2^g) + 1) * mq / 2^16``.
+    """
+    g = 0
+    while m * Fraction(2) ** g < Fraction(1, 16):
+        g += 1
+    while m * Fraction(2) ** g >= Fraction(1, 8):
+        g -= 1
+    mq = int(m * Fraction(2) ** (g + 15) + Fraction(1, 2))
+    acc = as_objects(acc)
+    step = acc // (1 << g) if g >= 0 else acc * (1 << -g)  # Python ints: // is a floor
+    return (2 * step + 1) * mq, 1 << 16
+
+
 def tflite_double_rounding(acc: np.ndarray, m: Fraction) -> np.ndarray:
     """gemmlowp ``SaturatingRoundingDoublingHighMul`` then ``RoundingDivideByPOT`` with a Q31 multiplier."""
     mant, exp = normalise(m, 31)

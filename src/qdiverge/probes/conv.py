@@ -16,6 +16,7 @@ from qdiverge.probes.arith import (
     as_objects,
     clamp,
     fixed_point,
+    q12_prescaled,
     ratio_lsb,
     round_ratio,
     scaled,
@@ -66,6 +67,7 @@ def requant_candidates(acc: np.ndarray, m: Fraction, out: QParams, bias: int = 0
         code = round_ratio(as_objects((half.astype(np.float64) * 2**24).astype(np.int64)), 2**24, r)
         cands[f"fp16 product/{r}"] = clamp(code + zp, out.qmin, out.qmax)
     cands["tflite double rounding"] = clamp(tflite_double_rounding(acc, m) + zp, out.qmin, out.qmax)
+    cands["q12 prescaled/RHU"] = clamp(round_ratio(*q12_prescaled(acc, m), "RHU") + zp, out.qmin, out.qmax)
     return cands
 
 
@@ -146,6 +148,7 @@ def probe_multiplier(arch: int) -> list[ProbeResult]:
         for bits in (31, 24, 20, 16, 15):
             q = round_ratio(*scaled(acc, fixed_point(m, bits)), "RHU")
             cands[f"q{bits} mantissa/RHU"] = clamp(q + 128, 0, 255)
+        cands["q12 prescaled/RHU"] = clamp(round_ratio(*q12_prescaled(acc, m), "RHU") + 128, 0, 255)
         f32 = (acc.astype(np.float32) * np.float32(float(m))).astype(np.float64)
         cands["float32 acc*M/RHU"] = clamp(np.floor(f32 + 0.5).astype(np.int64) + 128, 0, 255)
         exact = ratio_lsb(num, den)
@@ -262,7 +265,7 @@ def probe_depthwise(arch: int) -> list[ProbeResult]:
     got = run_codes(g, {"x": x.astype(np.uint8)}, arch)
     acc = dw_acc(x[0] - 128, w.astype(np.int64), 1)
     (s_out,) = out.fractions()
-    cands, lsb = {}, []
+    cands, lsb, prescaled = {}, [], []
     for label, eff in (
         ("exact per-channel", unit),
         ("scales clamped to s_max/1024", [max(u, unit[-1] / 1024) for u in unit]),
@@ -276,8 +279,12 @@ def probe_depthwise(arch: int) -> list[ProbeResult]:
                 num, den = scaled(acc[c].ravel() + int(b_i[0]), eff[c] / s_out)
                 codes.append(clamp(round_ratio(num, den, rule) + 128, 0, 255))
                 if label.startswith("exact") and rule == "RHU":
+                    q12 = round_ratio(*q12_prescaled(acc[c].ravel() + int(b_i[0]), eff[c] / s_out), rule)
+                    prescaled.append(clamp(q12 + 128, 0, 255))
+                if label.startswith("exact") and rule == "RHU":
                     lsb.append(ratio_lsb(num, den))
             cands[f"{label}/{rule}"] = np.concatenate(codes)
+    cands["q12 prescaled per-channel/RHU"] = np.concatenate(prescaled)
     return [
         ProbeResult(
             "depthwise per-channel 1e-5..1e-1",
@@ -288,3 +295,63 @@ def probe_depthwise(arch: int) -> list[ProbeResult]:
             lambda i, s=scales: f"channel {i // 64} (s_w {s[i // 64]:.1e})",
         )
     ]
+
+
+PRESCALE_M = (  # per output channel: M = s_in * s_w[c] / s_out, chosen to separate the candidates
+    0.0055242,  # g = 4: the accumulator loses its 4 low bits
+    3072.6 / 2**19,  # 12-bit mantissa 3073 (rounded), float16 would give 3072
+    4095.8 / 2**19,  # mantissa rounds up to 4096
+    2.54e-6,  # g = 17: steps of 2^17 accumulators
+    0.0209,
+    0.16531836,  # g = -1: exact left shift
+    1.28,  # g = -4
+)
+PRESCALE_CASES = (  # (label, input QParams without scale, output QParams without scale)
+    ("uint8 zp 128 -> uint8 zp 128", ("uint8", 128), ("uint8", 128)),
+    ("uint8 zp 37 -> uint8 zp 37", ("uint8", 37), ("uint8", 37)),
+    ("int8 -> int8 zp 0", ("int8", 0), ("int8", 0)),
+    ("uint8 zp 128 -> uint8 zp 0", ("uint8", 128), ("uint8", 0)),
+)
+
+
+def probe_prescale(arch: int) -> list[ProbeResult]:
+    """(b) 8-bit conv requant off ties: every accumulator in a window, 7 per-channel multipliers, biases.
+
+    A 1x1 conv with weights ``[127, 1]`` per output channel gives every integer accumulator in the window
+    (the same on each channel, plus that channel's int32 bias), so the transitions between output codes
+    show where HTP's rounding really happens.
+    """
+    s_in, big, chans = 2.0**-4, 127, len(PRESCALE_M)
+    s_w = tuple(float(np.float32(16 * m)) for m in PRESCALE_M)  # s_out = 1: M = s_w / 16 exactly
+    bias = np.array([0, 37, -1000, 5, 12345, -7, 3], np.int64)
+    results = []
+    for label, (in_dtype, zp_in), (out_dtype, zp_out) in PRESCALE_CASES:
+        x_qp, out = QParams(s_in, zp_in, in_dtype), QParams(1.0, zp_out, out_dtype)
+        lo, hi = x_qp.qmin - zp_in, x_qp.qmax - zp_in
+        acc = np.arange(lo * (big + 1) + 1, hi * (big + 1))
+        high = np.clip(np.floor_divide(acc - (lo + hi) // 2 + big // 2, big), lo, hi)
+        x = np.stack([high, acc - high * big]) + zp_in  # both codes in range: the windows overlap
+        w = np.tile(np.array([big, 1], np.int8).reshape(1, 2, 1, 1), (chans, 1, 1, 1))
+        w_qp = QParams(s_w, (0,) * chans, "int8", axis=0)
+        b_qp = QParams(tuple(float(np.float32(s_in * s)) for s in s_w), (0,) * chans, "int32", axis=0)
+        g = conv_graph(2, chans, acc.size, x_qp, w, w_qp, out, (bias, b_qp))
+        feed = x.astype(np.uint8 if in_dtype == "uint8" else np.int8).reshape(1, 2, 1, -1)
+        got = run_codes(g, {"x": feed}, arch).reshape(chans, -1)
+        cands: dict[str, list[np.ndarray]] = {}
+        lsb = []
+        for c in range(chans):
+            m = Fraction(s_w[c]) / 16
+            for name, codes in requant_candidates(acc + bias[c], m, out).items():
+                cands.setdefault(name, []).append(codes)
+            lsb.append(ratio_lsb(*scaled(acc + bias[c], m)))
+        results.append(
+            ProbeResult(
+                f"prescale: {label}",
+                "8-bit requant off ties",
+                got.ravel(),
+                {k: np.concatenate(v) for k, v in cands.items()},
+                np.concatenate(lsb),
+                lambda i, a=acc: f"channel {i // a.size} acc {int(a[i % a.size])}",
+            )
+        )
+    return results

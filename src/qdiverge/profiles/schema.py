@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 ROUNDINGS = ("half_up", "half_away", "half_even", "floor", "trunc")
-MULTIPLIERS = ("q31", "q31_unnormalized", "q15", "q15_truncated", "float32", "float64")
+MULTIPLIERS = ("q31", "q31_unnormalized", "q15", "q15_truncated", "q12_prescaled", "float32", "float64")
 # non-linear activations integer targets evaluate as a table from input code to output code
 LUT_ACTIVATIONS = ("HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Erf", "Gelu", "Exp", "Elu", "Softplus")
 
@@ -20,6 +20,8 @@ class RequantSpec:
 
     ``multiplier``: fixed-point form of the real multiplier M (``q31``: normalised 31-bit mantissa plus
     shift; ``q31_unnormalized``: round(M * 2^31) for M < 1 (Hexagon NN); ``q15``: 15-bit;
+    ``q12_prescaled``: HTP 8-bit outputs, the accumulator shifted to the midpoint of a 2^g step and scaled by
+    a 12-bit mantissa (``fixed_point.q12_prescale``; wider outputs use ``q31``);
     ``float32``/``float64``: multiply in float (ONNX Runtime style)). ``rounding``: the tie rule.
     ``double_rounding``: gemmlowp SRDHM then rounding shift (two roundings). ``zero_point``: ``after``
     (add z_out after rounding) or ``folded`` (round(z_out / M) added to the accumulator first).

@@ -187,6 +187,34 @@ def mbqm_single(x: np.ndarray, qm: np.ndarray, shift: np.ndarray, rounding: str 
     return rounding_right_shift(_i64(x) * _i64(qm), 31 - shift, rounding)  # |x*qm| < 2^62
 
 
+def q12_prescale(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """HTP 8-bit requant multiplier (probe ``prescale``): ``m ~= mq * 2^-(g + 15)``, ``mq`` 12 bits.
+
+    ``g`` is the integer with ``m * 2^g`` in ``[1/16, 1/8)`` (negative for ``m >= 1/8``) and
+    ``mq = RHU(m * 2^(g + 15))`` in ``[2^11, 2^12]``; both exact in float64 (``frexp``: ``m = q * 2^e``,
+    ``g = -3 - e``, ``mq = RHU(q * 2^12)``). The kernel then computes ``(2 * floor(acc / 2^g) + 1) * mq / 2^16``.
+    """
+    m = np.asarray(m, dtype=np.float64)
+    assert np.all(m > 0) and np.all(np.isfinite(m)), "multipliers must be finite and > 0"
+    q, e = np.frexp(m)
+    mq = np.floor(q * 2.0**12 + 0.5).astype(np.int64)  # q * 2^12 is exact: this is RHU
+    return mq, (-3 - e).astype(np.int64)
+
+
+def prescaled_requant(x: np.ndarray, mq: np.ndarray, g: np.ndarray, rounding: str) -> np.ndarray:
+    """``R((2 * floor(x / 2^g) + 1) * mq / 2^16)``: the midpoint of ``x``'s ``2^g``-wide step times ``mq``.
+
+    For ``g < 0`` the step is ``x * 2^-g`` (exact). ``(2k + 1) * mq`` never ends in ``2^15`` followed by zeros
+    (``mq < 2^12``), so no value is a tie and ``rounding`` never decides. Steps are clipped to ``+-2^40``
+    first, which saturates every output code anyway and keeps the product inside int64.
+    """
+    x, g = _i64(x), _i64(g)
+    left = np.minimum(np.maximum(-g, 0), 40)  # any nonzero x shifted by 40 already saturates
+    bound = np.int64(1) << (40 - left)
+    step = np.where(g >= 0, x >> np.maximum(g, 0), np.clip(x, -bound, bound) << left)
+    return rounding_right_shift((2 * step + 1) * _i64(mq), 16, rounding, overwrite=True)
+
+
 def hexnn_recip(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Hexagon NN supernode multiplier: unnormalised Q31 ``recip`` and left shift ``shamt``.
 

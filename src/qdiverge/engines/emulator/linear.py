@@ -243,7 +243,7 @@ def prepare_accumulation(
         bias=bias_q,
         overflow=prof.accumulator,
         needs_int32=total >= 1 << 31,
-        requant=prepare_requant(m, prof.conv, z_out),
+        requant=prepare_requant(m, prof.conv, z_out, out.bitwidth),
         qmin=qmin,
         qmax=qmax,
         acc_scale=np.asarray(acc_scale, dtype=np.float64).reshape(-1),

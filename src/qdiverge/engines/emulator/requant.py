@@ -5,9 +5,11 @@ float32 scale, for ORT-style targets); ``apply_requant`` is the integer stage
 
     y = clamp(R((x + folded_offset) * M) + zero_point, qmin, qmax)
 
-for every ``RequantSpec.multiplier`` form (see ``fixed_point`` for each primitive). ``quantize_float`` turns
-float tensors (weights, graph inputs, float-fallback results) into codes and ``quantize_bias`` does the
-int32 bias. Per-channel values broadcast along one axis of the accumulator; per-tensor is one channel.
+for every ``RequantSpec.multiplier`` form (see ``fixed_point`` for each primitive); HTP's 8-bit form
+``q12_prescaled`` is ``y = clamp(R((2 * floor(x / 2^g) + 1) * mq / 2^16) + zero_point)`` with a 12-bit ``mq``.
+``quantize_float`` turns float tensors (weights, graph inputs, float-fallback results) into codes and
+``quantize_bias`` does the int32 bias. Per-channel values broadcast along one axis of the accumulator;
+per-tensor is one channel.
 """
 
 from __future__ import annotations
@@ -59,9 +61,13 @@ def effective_multiplier(
 
 
 def prepare_requant(
-    real_multiplier: np.ndarray, spec: RequantSpec, zero_point: np.ndarray | int
+    real_multiplier: np.ndarray, spec: RequantSpec, zero_point: np.ndarray | int, out_bits: int = 8
 ) -> RequantParams:
-    """Fixed-point form of ``real_multiplier`` (shape ``(C,)``, > 0) under ``spec``."""
+    """Fixed-point form of ``real_multiplier`` (shape ``(C,)``, > 0) under ``spec``.
+
+    ``out_bits``: the output encoding's bitwidth; ``q12_prescaled`` is HTP's 8-bit path, its 16-bit outputs
+    matched ``q31`` (exact) instead.
+    """
     m = np.atleast_1d(np.asarray(real_multiplier, dtype=np.float64))
     assert np.all(m > 0) and np.all(np.isfinite(m)), "real multipliers must be finite and > 0"
     zp = np.broadcast_to(np.atleast_1d(np.asarray(zero_point)).astype(np.int64), m.shape).copy()
@@ -72,8 +78,13 @@ def prepare_requant(
         folded = fx.round_to_int(zp / m, spec.zero_point_rounding)
         zp = zeros
     form = spec.multiplier
+    if form == "q12_prescaled" and out_bits > 8:
+        form = "q31"
     left, right = zeros, zeros
-    if form == "q31":
+    if form == "q12_prescaled":
+        mult, g = fx.q12_prescale(m)
+        left, right = np.maximum(-g, 0), np.maximum(g, 0)
+    elif form == "q31":
         mult, shift = fx.quantize_multiplier(m, cap_shift=not spec.double_rounding)
         if spec.double_rounding:
             left, right = np.maximum(shift, 0), np.maximum(-shift, 0)
@@ -117,7 +128,9 @@ def apply_requant(
         x = fx.wrap_int32(x + along_axis(p.folded_offset, nd, axis))
     mult = along_axis(p.multiplier, nd, axis)
     left, right = along_axis(p.left_shift, nd, axis), along_axis(p.right_shift, nd, axis)
-    if p.form == "q31" and p.double_rounding:
+    if p.form == "q12_prescaled":
+        y = fx.prescaled_requant(x, mult, right - left, p.rounding)
+    elif p.form == "q31" and p.double_rounding:
         y = fx.rounding_right_shift(fx.srdhm(fx.wrap_int32(x << left), mult), right, p.rounding)
     elif p.form in ("float32", "float64"):
         y = fx.round_to_int(
