@@ -5,6 +5,12 @@ below ``2^24``, so MLAS's float32 Conv and GEMM compute it exactly whatever bloc
 summation order they pick, and they are 10-50x faster than numpy im2col (multi-threaded, no im2col copy).
 Padding is with 0 = the zero point, because the session is fed the centred codes ``x - z_x``.
 
+When the requantization is HTP's ``q12_prescaled`` (8-bit outputs, no fused non-linear activation, no
+int32 wrap to model), the session finishes it in float64, where every step is an exact integer operation:
+``k = floor((acc + bias) * 2^-g)``, ``t = (2k + 1) * mq`` (below 2^53 once ``k`` is clipped to +-2^30, which
+saturates every code anyway), ``y = floor(t * 2^-16 + 1/2)`` (never a tie, so the tie rule cannot matter),
+then the zero point, the clamp and a cast to the code type.
+
 When the requantization is float32 too (ORT-style targets: float32 multiplier, ties to even, zero point
 after, no fused non-linear activation, ``|acc + bias| < 2^24``) the session also does it, as the numpy
 epilogue would: the bias in the Conv/Gemm (exact), ``Mul`` by the float32 multiplier (one IEEE rounding),
@@ -134,16 +140,76 @@ def _code_type(ep: Epilogue) -> int | None:
     return None
 
 
+def _range_type(lo: int, hi: int) -> int | None:
+    """The narrowest integer tensor type holding ``[lo, hi]`` (None: wider than 16 bits)."""
+    return next((t for (a, b), t in _CODE_TYPES.items() if a <= lo and hi <= b), None)
+
+
+def _prescaled_type(ep: Epilogue) -> int | None:
+    """Output type when the session can finish HTP's ``q12_prescaled`` requantization exactly, else None."""
+    req = ep.requant
+    exact = (
+        req.form == "q12_prescaled"
+        and req.rounding in ("half_up", "half_away", "half_even")  # no ties occur: all three agree
+        and ep.activation is None
+        and not ep.needs_int32
+        and not np.any(req.folded_offset)
+    )
+    return _range_type(ep.qmin, ep.qmax) if exact else None
+
+
+def _prescaled_nodes(
+    ep: Epilogue, channel_shape: tuple[int, ...], code_type: int
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """float32 ``acc`` -> codes: ``q12_prescaled`` in exact float64 integer arithmetic (module docstring)."""
+    req = ep.requant
+
+    def const(name: str, value: np.ndarray | float, per_channel: bool = False) -> str:
+        arr = np.asarray(value, dtype=np.float64)
+        arr = arr.reshape(channel_shape) if per_channel and arr.size > 1 else arr.reshape(())
+        inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    inits: list[onnx.TensorProto] = []
+    g = (req.right_shift - req.left_shift).astype(np.float64)
+    mq = req.multiplier.astype(np.float64)
+    nodes = [helper.make_node("Cast", ["acc"], ["a"], to=TensorProto.DOUBLE)]
+    source = "a"
+    if np.any(ep.bias):
+        nodes.append(helper.make_node("Add", ["a", const("b64", ep.bias, True)], ["ab"]))
+        source = "ab"
+    # (2k + 1) * mq / 2^16 + 1/2 + zp  ==  k * (mq / 2^15) + (mq / 2^16 + 1/2 + zp): both terms exact (k * mq
+    # < 2^53, 16 fractional bits) while |k| < 2^21; beyond that every code saturates, so rounding cannot matter
+    slope = mq * 2.0**-15
+    intercept = mq * 2.0**-16 + 0.5 + req.zero_point.astype(np.float64)
+    nodes += [
+        helper.make_node("Mul", [source, const("step", 2.0**-g, True)], ["s"]),
+        helper.make_node("Floor", ["s"], ["k"]),
+        helper.make_node("Mul", ["k", const("slope", slope, True)], ["t"]),
+        helper.make_node("Add", ["t", const("intercept", intercept, True)], ["u"]),
+        helper.make_node("Floor", ["u"], ["r"]),
+        helper.make_node("Clip", ["r", const("qmin", float(ep.qmin)), const("qmax", float(ep.qmax))], ["rc"]),
+        helper.make_node("Cast", ["rc"], ["y"], to=code_type),
+    ]
+    return nodes, inits
+
+
 def _session_model(
     node: onnx.NodeProto, inits: list[onnx.TensorProto], ep: Epilogue, channel_shape: tuple[int, ...]
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
-    """Graph ``x -> node [-> Mul -> Clip -> QuantizeLinear]``; ``node`` reads ``x`` and writes ``acc``.
+    """Graph ``x -> node [-> requantization]``; ``node`` reads ``x`` and writes ``acc``.
 
     ``channel_shape`` is how a per-channel multiplier broadcasts against the accumulator.
     """
     nodes, feeds, out, out_type = [node], {}, "acc", TensorProto.FLOAT
     code_type = _code_type(ep)
-    if code_type is not None:
+    prescaled_type = _prescaled_type(ep)
+    if prescaled_type is not None:
+        more_nodes, more_inits = _prescaled_nodes(ep, channel_shape, prescaled_type)
+        nodes += more_nodes
+        inits += more_inits
+        out, out_type = "y", prescaled_type
+    elif code_type is not None:
         m = ep.requant.multiplier
         feeds["m"] = m.reshape(channel_shape) if m.size > 1 else m.reshape(())
         z = ep.out_zero_point
@@ -180,7 +246,7 @@ def _session_model(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()}
-    return model, feeds, code_type is not None
+    return model, feeds, out == "y"
 
 
 def _bias_input(ep: Epilogue, requantizes: bool, channels: int) -> list[onnx.TensorProto]:
