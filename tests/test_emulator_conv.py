@@ -611,3 +611,48 @@ def test_apply_requant_in_place_equals_python_ints(form):
     np.testing.assert_array_equal(apply_requant(acc, params, -128, 127), expected)
     np.testing.assert_array_equal(acc, kept)  # not overwritten by default
     np.testing.assert_array_equal(apply_requant(acc, params, -128, 127, overwrite=True), expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("profile", [HTP, ONNX], ids=lambda p: p.name)
+def test_ort_conv_path_fused_hardswish_equals_numpy_epilogue(seed, profile):
+    """The accumulator session's fused HardSwish (float64 ONNX ops) reproduces the numpy epilogue exactly."""
+    rng = np.random.default_rng(700 + seed)
+    case = dict(
+        x_shape=(3, 4, 7, 7),
+        w_shape=(6, 1 if seed % 2 else 4, 3, 3),
+        attrs={
+            "kernel_shape": [3, 3],
+            "pads": [1] * 4,
+            "strides": [1 + seed % 2] * 2,
+            "group": 4 if seed % 2 else 1,
+        },
+        x_dtype=np.dtype("uint8"),
+        w_dtype=np.dtype("int8"),
+        per_channel=bool(seed % 3),
+    )
+    if seed % 2:
+        case["w_shape"] = (4, 1, 3, 3)
+    x, wq, x_scale, x_zp, w_scale, _, y_scale, y_zp, bias_q = _conv_problem(rng, case)
+    w_scale_c = np.broadcast_to(w_scale, (wq.shape[0],)).astype(np.float64)
+    hardswish = Node(1, "hs", "HardSwish", "", ("y",), ("z",), {})
+    binding = _binding(
+        "Conv",
+        case["attrs"],
+        ("x", "w", "b"),
+        _enc("x", x_scale, x_zp, case["x_dtype"]),
+        (wq.astype(np.float32) * w_scale_c.astype(np.float32)[:, None, None, None]).astype(np.float32),
+        _enc("w", w_scale, 0, case["w_dtype"], axis=0 if w_scale.size > 1 else None, param=True),
+        (bias_q * (np.float64(x_scale) * w_scale_c)).astype(np.float32),
+        _enc("y", y_scale, y_zp, case["x_dtype"]),
+        profile,
+        fused=(hardswish,),
+        fused_constants=([None],),
+    )
+    params = Conv.prepare(binding)
+    # in the session when the activation rounds half to even (ONNX Round); else numpy finishes
+    assert params.ort is not None and params.ort.requantizes == (params.epilogue.act_rounding == "half_even")
+    group = case["attrs"]["group"]
+    stride = case["attrs"]["strides"][0]
+    acc = conv_acc_loop(x, x_zp, wq.astype(np.int64), (stride, stride), (1, 1), (1, 1, 1, 1), group)
+    np.testing.assert_array_equal(Conv.run(params, x.astype(np.int64)), params.epilogue(acc, axis=1))

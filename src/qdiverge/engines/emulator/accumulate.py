@@ -194,6 +194,53 @@ def _prescaled_nodes(
     return nodes, inits
 
 
+def _hardswish_type(ep: Epilogue) -> int | None:
+    """Output type when the session can apply a fused HardSwish exactly as ``Epilogue`` does, else None."""
+    exact = (
+        ep.activation_op == "HardSwish"
+        and ep.act_rounding == "half_even"  # ONNX Round is half to even; the other rules need tie fix-ups
+        and not ep.needs_int32
+        and not np.any(ep.requant.folded_offset)
+    )
+    return _range_type(ep.qmin, ep.qmax) if exact else None
+
+
+def _hardswish_nodes(
+    ep: Epilogue, channel_shape: tuple[int, ...], code_type: int
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """float32 ``acc`` -> codes: the fused-HardSwish epilogue, the same float64 operations in the same order
+    (``real = (acc + bias) * acc_scale``, ``real * clip(real + 3, 0, 6) / 6``, ``/ s_out``, round half to even,
+    ``+ zp``, clamp), so each IEEE result is identical to numpy's."""
+    inits: list[onnx.TensorProto] = []
+
+    def const(name: str, value: np.ndarray | float, per_channel: bool = False) -> str:
+        arr = np.asarray(value, dtype=np.float64)
+        arr = arr.reshape(channel_shape) if per_channel and arr.size > 1 else arr.reshape(())
+        inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    nodes = [helper.make_node("Cast", ["acc"], ["a"], to=TensorProto.DOUBLE)]
+    source = "a"
+    if np.any(ep.bias):
+        nodes.append(helper.make_node("Add", ["a", const("b64", ep.bias, True)], ["ab"]))
+        source = "ab"
+    nodes += [
+        helper.make_node("Mul", [source, const("acc_scale", ep.acc_scale, True)], ["v"]),
+        helper.make_node("Add", ["v", const("three", 3.0)], ["v3"]),
+        helper.make_node("Clip", ["v3", const("zero", 0.0), const("six", 6.0)], ["gate"]),
+        helper.make_node("Mul", ["v", "gate"], ["vg"]),
+        helper.make_node("Div", ["vg", "six"], ["hs"]),
+        helper.make_node("Div", ["hs", const("s_out", ep.out_scale)], ["q"]),
+        helper.make_node("Round", ["q"], ["r"]),
+        helper.make_node("Add", ["r", const("zp", float(ep.out_zero_point))], ["rz"]),
+        helper.make_node(
+            "Clip", ["rz", const("qmin", float(ep.qmin)), const("qmax", float(ep.qmax))], ["rc"]
+        ),
+        helper.make_node("Cast", ["rc"], ["y"], to=code_type),
+    ]
+    return nodes, inits
+
+
 def _session_model(
     node: onnx.NodeProto, inits: list[onnx.TensorProto], ep: Epilogue, channel_shape: tuple[int, ...]
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
@@ -203,12 +250,17 @@ def _session_model(
     """
     nodes, feeds, out, out_type = [node], {}, "acc", TensorProto.FLOAT
     code_type = _code_type(ep)
-    prescaled_type = _prescaled_type(ep)
-    if prescaled_type is not None:
+    prescaled_type, hardswish_type = _prescaled_type(ep), _hardswish_type(ep)
+    if ep.activation is None and prescaled_type is not None:
         more_nodes, more_inits = _prescaled_nodes(ep, channel_shape, prescaled_type)
         nodes += more_nodes
         inits += more_inits
         out, out_type = "y", prescaled_type
+    elif hardswish_type is not None:
+        more_nodes, more_inits = _hardswish_nodes(ep, channel_shape, hardswish_type)
+        nodes += more_nodes
+        inits += more_inits
+        out, out_type = "y", hardswish_type
     elif code_type is not None:
         m = ep.requant.multiplier
         feeds["m"] = m.reshape(channel_shape) if m.size > 1 else m.reshape(())

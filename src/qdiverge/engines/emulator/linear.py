@@ -86,6 +86,7 @@ class Epilogue:
     out_zero_point: int
     act_rounding: str
     float_exact: bool  # float32/float64 multiplier, no fold, no activation, |acc + bias| exact in that float
+    activation_op: str = ""  # op type of ``activation`` (lets the accumulator session build it in ONNX ops)
 
     def __call__(self, acc: np.ndarray, axis: int) -> np.ndarray:
         if self.float_exact and acc.dtype == self.requant.multiplier.dtype:
@@ -217,7 +218,7 @@ def prepare_accumulation(
     s_out = float(out.scale[0])
     m = effective_multiplier(in_enc.scale[0], w_scale * alpha, out.scale[0], prof.conv.scale_precision)
     qmin, qmax = out.qmin, out.qmax
-    activation = None
+    activation, activation_op = None, ""
     for node, consts in zip(b.fused, b.fused_constants, strict=True):
         if node.op_type in ("Relu", "Clip"):
             lo, hi = _clip_bounds(node, consts)
@@ -227,7 +228,7 @@ def prepare_accumulation(
             if np.isfinite(hi):
                 qmax = min(qmax, int(fx.round_to_int(np.float64(hi / s_out), prof.conv.rounding)) + z_out)
         elif activation is None:
-            activation = _activation(node, consts)
+            activation, activation_op = _activation(node, consts), node.op_type
         else:
             raise Unsupported("more than one fused non-linear activation")
     if activation is not None and (qmin, qmax) != (out.qmin, out.qmax):
@@ -252,4 +253,5 @@ def prepare_accumulation(
         out_zero_point=z_out,
         act_rounding=prof.lut.rounding,
         float_exact=float_exact,
+        activation_op=activation_op,
     )
