@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pickle
 import resource
 import subprocess
 import sys
@@ -204,14 +203,15 @@ def _setup(batch: int, workdir: Path):
     return load_model(path), encset, rng.normal(0, 1, size=(batch, 3, 224, 224)).astype(np.float32)
 
 
-def _emulator(workdir: Path):
+def _emulator(workdir: Path, target: str):
+    """The emulator on the model and encodings read back from the QDQ file (no pickled state)."""
+    from qdiverge.encodings.load import load_encodings
     from qdiverge.engines.emulator.runner import Emulator
     from qdiverge.loading.model import load_model
     from qdiverge.profiles import load_profile
 
-    with (workdir / "encodings.pkl").open("rb") as fh:
-        encset = pickle.load(fh)
-    return Emulator(load_model(workdir / "mnv3.onnx"), encset, load_profile("onnx"))
+    model, encset, _ = load_encodings(None, load_model(workdir / "mnv3_qdq.onnx"))
+    return Emulator(model, encset, load_profile(target))
 
 
 def _ort_session(workdir: Path):
@@ -227,7 +227,7 @@ def _rss_mb(field: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _memory_child(engine: str, workdir: Path) -> None:
+def _memory_child(engine: str, workdir: Path, target: str) -> None:
     """Print (resident after imports, resident before the run, peak during one warm run) in MB."""
     import onnxruntime  # noqa: F401  (both engines pay the same imports)
 
@@ -236,7 +236,7 @@ def _memory_child(engine: str, workdir: Path) -> None:
     imports = _rss_mb("VmRSS")
     x = np.load(workdir / "x.npy")
     if engine == "emulate":
-        emulator = _emulator(workdir)
+        emulator = _emulator(workdir, target)
         run = lambda: emulator.run({"input": x})  # noqa: E731
     else:
         session = _ort_session(workdir)
@@ -265,11 +265,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--target", default="htp", help="emulator profile (htp, onnx, tflite, hexagon-nn)")
     parser.add_argument("--memory-child", choices=["emulate", "ort"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
-        _memory_child(args.memory_child, Path(args.workdir))
+        _memory_child(args.memory_child, Path(args.workdir), args.target)
         return
     from qdiverge.encodings.qdq import write_qdq_model
 
@@ -277,11 +278,9 @@ def main() -> None:
         workdir = Path(tmp)
         model, encset, x = _setup(args.batch, workdir)
         write_qdq_model(model, encset, workdir / "mnv3_qdq.onnx", int_weights=True, int32_bias=True)
-        with (workdir / "encodings.pkl").open("wb") as fh:
-            pickle.dump(encset, fh)
         np.save(workdir / "x.npy", x)
         del model
-        emulator, session = _emulator(workdir), _ort_session(workdir)  # in this process: timing only
+        emulator, session = _emulator(workdir, args.target), _ort_session(workdir)  # here: timing only
         fallbacks = emulator.fallback_report()
         print(
             f"model: {len(emulator.model.nodes)} nodes, {len(emulator.steps)} emulator steps, "
@@ -326,10 +325,20 @@ def main() -> None:
             f"  CPU time per run (all threads, median): emulator {c_emu * 1e3:.0f} ms, "
             f"onnxruntime QDQ {c_ort * 1e3:.0f} ms, ratio {c_emu / c_ort:.2f}"
         )
-        print(_agreement(run["emulate"]()["logits"].codes, run["ort"]()[0], encset.activations["logits"]))
+        if args.target == "onnx":  # ORT's own arithmetic: must agree bit for bit
+            print(_agreement(run["emulate"]()["logits"].codes, run["ort"]()[0], encset.activations["logits"]))
         mem = {}
         for engine in ("emulate", "ort"):
-            cmd = [sys.executable, __file__, "--memory-child", engine, "--workdir", tmp]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--memory-child",
+                engine,
+                "--workdir",
+                tmp,
+                "--target",
+                args.target,
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             mem[engine] = [float(v) for v in out.split()]
             imports, before, peak = mem[engine]
