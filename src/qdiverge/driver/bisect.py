@@ -130,6 +130,7 @@ class Bisector:
         sim_vs_float = self._final_acc()
         captured = sorted({*inputs, *(t for s in steps for t in (*s.inputs, *s.outputs))})
         samples = suffix_runs = 0
+        first_batch = True
         search_votes: list[int] = []
         for sample in source.batches(batch):
             samples = min(samples + batch, source.samples)
@@ -146,6 +147,9 @@ class Bisector:
                     continue
                 iso[i].update(sim_vals[t], emu_vals[t].dequantize())
                 cum[i].update(sim_vals[t], emu_vals[t].dequantize())
+            if first_batch and ("split" in modes or "layerwise" in modes):
+                self._prepare_cuts(emu_vals)
+            first_batch = False
             first = len(inputs)
             if "cumulative" in modes:
                 for k, s in enumerate(steps):
@@ -232,6 +236,13 @@ class Bisector:
             samples=samples,
             modes=modes,
             suffix_runs=suffix_runs,
+        )
+
+    def _prepare_cuts(self, emu_vals: dict[str, QTensor]) -> None:
+        """Build every cut's suffix session up front, in parallel (the values only give the dtypes)."""
+        usable = [cut for cut in self.cuts if _usable(cut, emu_vals)]
+        self.sim.prepare_suffixes(
+            ({t: emu_vals[t].dequantize() for t in c.live} for c in usable), self.outputs
         )
 
     def _run_solo(self, cut: Cut, step_out: dict[str, QTensor], sim_vals: dict[str, np.ndarray]):

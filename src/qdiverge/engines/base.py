@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -29,7 +29,6 @@ def make_session(
     threads: int = 0,
     optimize: bool = True,
     arena: bool = True,
-    shared: Mapping[str, ort.OrtValue] | None = None,
 ) -> ort.InferenceSession:
     """A CPU onnxruntime session, with default graph optimizations unless ``optimize`` is False.
 
@@ -49,12 +48,6 @@ def make_session(
     # idle workers sleep instead of spinning: qdiverge alternates many short runs of several sessions
     # (sim, suffixes, emulator accumulators), and spinning pools steal each other's cores
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # initializers shared with other sessions (the caller keeps the OrtValues alive): ORT uses them
-    # instead of deserializing its own copy
-    names = {t.name for t in proto.graph.initializer}
-    for name, value in (shared or {}).items():
-        if name in names:
-            options.add_initializer(name, value)
     try:
         session = ort.InferenceSession(
             proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
@@ -83,11 +76,14 @@ def extract_suffix(
     inputs: Iterable[str],
     outputs: Iterable[str],
     input_types: Mapping[str, np.dtype] | None = None,
+    external: Collection[str] = (),
 ) -> onnx.ModelProto:
     """The part of ``proto`` that computes ``outputs`` from the tensors ``inputs`` (which become inputs).
 
     Walks back from the outputs and stops at the given inputs, so nothing upstream of the cut is kept.
     New inputs are float32 unless ``input_types`` says otherwise (a cut can cross an int64 shape tensor).
+    Initializers named in ``external`` become graph inputs too (the caller feeds them), so the suffix
+    does not carry a copy of those weights.
     """
     cut = set(inputs)
     wanted = list(outputs)
@@ -118,24 +114,28 @@ def extract_suffix(
             raise InputError(f"cannot cut the graph: tensor {tensor!r} has no producer")
         keep.add(index_of[id(node)])
         stack.extend(i for i in node.input if i)
-    sub = onnx.ModelProto()
-    sub.CopyFrom(proto)
+    # built from parts, not copied whole: copying the model's weights once per cut dominated the cost
+    sub = onnx.ModelProto(ir_version=proto.ir_version)
+    sub.opset_import.extend(proto.opset_import)
+    sub.functions.extend(proto.functions)
     graph = sub.graph
+    graph.name = proto.graph.name
     nodes = [n for i, n in enumerate(proto.graph.node) if i in keep]
-    del graph.node[:]
     graph.node.extend(nodes)
-    inits = [t for t in proto.graph.initializer if t.name in used_inits]
-    del graph.initializer[:]
-    graph.initializer.extend(inits)
-    kept_inputs = [i for i in proto.graph.input if i.name in needed_graph_inputs]
-    del graph.input[:]
-    graph.input.extend(kept_inputs)
+    graph.input.extend(i for i in proto.graph.input if i.name in needed_graph_inputs)
+    for tensor in proto.graph.initializer:
+        if tensor.name not in used_inits:
+            continue
+        if tensor.name in external:
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+            )
+        else:
+            graph.initializer.append(tensor)
     used = {i for n in nodes for i in n.input} | set(wanted)
     types = input_types or {}
     for name in sorted(cut & used):
         elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(types.get(name, np.float32)))
         graph.input.append(onnx.helper.make_tensor_value_info(name, elem, None))
-    del graph.output[:]
     graph.output.extend(onnx.ValueInfoProto(name=o) for o in wanted)
-    del graph.value_info[:]
     return sub

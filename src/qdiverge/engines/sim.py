@@ -2,7 +2,7 @@
 
 Weights are fake-quantized once, offline, with ``quant.aimet_qdq``. After every tensor with an
 activation encoding the graph gets AIMET's quantize-dequantize written in ONNX ops. ONNX ``Round``
-rounds half to even, AIMET rounds half away from zero, so ties are fixed up with Floor/Equal/Where.
+rounds half to even, AIMET rounds half away from zero, so the rounding is ``floor(v + 0.5)`` in float64.
 Float ops run on onnxruntime's CPU kernels, the kernels AIMET's own session uses, and like AIMET's
 session they run unfused: in aimet-onnx a QcQuantizeOp custom node (enabled or not) follows every weight
 and every activation, so onnxruntime cannot fuse across ops, rewrite convolutions to its NCHWc layout or
@@ -13,11 +13,11 @@ convolutions and flips values across rounding boundaries (seen on a 128->256 3x3
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from qdiverge.encodings.schema import Encoding, EncodingSet
@@ -26,7 +26,7 @@ from qdiverge.loading.model import Model
 from qdiverge.quant import aimet_qdq, float32_params
 
 QDQ_SUFFIX = "::qdq"
-SHARED_BYTES = 4096  # initializers at least this large are shared between suffix sessions
+SHARED_BYTES = 4096  # initializers at least this large are fed to suffix sessions from one shared copy
 
 
 @dataclass(frozen=True)
@@ -58,22 +58,27 @@ def _qdq_nodes(tensor: str, out: str, enc: Encoding, shape: tuple[int, ...] | No
         numpy_helper.from_array(np.asarray(offset, np.float32), p + "offset"),
         numpy_helper.from_array(np.asarray(vmin, np.float32), p + "min"),
         numpy_helper.from_array(np.asarray(vmax, np.float32), p + "max"),
-        numpy_helper.from_array(np.array(0.5, np.float32), p + "half"),
-        numpy_helper.from_array(np.array(1.0, np.float32), p + "one"),
+        numpy_helper.from_array(np.array(0.5, np.float64), p + "half"),
     ]
+    if enc.per_channel:  # Clip takes scalar bounds only
+        clamp = [
+            helper.make_node("Min", [p + "x", p + "max"], [p + "lo"]),
+            helper.make_node("Max", [p + "lo", p + "min"], [p + "c"]),
+        ]
+    else:
+        clamp = [helper.make_node("Clip", [p + "x", p + "min", p + "max"], [p + "c"])]
     nodes = [
         helper.make_node("IsNaN", [tensor], [p + "nan"]),
         helper.make_node("Where", [p + "nan", p + "min", tensor], [p + "x"]),
-        helper.make_node("Min", [p + "x", p + "max"], [p + "lo"]),
-        helper.make_node("Max", [p + "lo", p + "min"], [p + "c"]),
+        *clamp,
         helper.make_node("Div", [p + "c", p + "scale"], [p + "d"]),
         helper.make_node("Sub", [p + "d", p + "offset"], [p + "v"]),
-        helper.make_node("Round", [p + "v"], [p + "rne"]),
-        helper.make_node("Floor", [p + "v"], [p + "fl"]),
-        helper.make_node("Sub", [p + "v", p + "fl"], [p + "frac"]),
-        helper.make_node("Equal", [p + "frac", p + "half"], [p + "tie"]),
-        helper.make_node("Add", [p + "fl", p + "one"], [p + "up"]),
-        helper.make_node("Where", [p + "tie", p + "up", p + "rne"], [p + "q"]),
+        # round half away from zero of v >= 0 (v is clamped to [0, 2^bw - 1] up to float32 round-off):
+        # floor(v + 0.5) in float64, where the sum is exact (float32's floor(v + 0.5) rounds twice)
+        helper.make_node("Cast", [p + "v"], [p + "v64"], to=TensorProto.DOUBLE),
+        helper.make_node("Add", [p + "v64", p + "half"], [p + "vh"]),
+        helper.make_node("Floor", [p + "vh"], [p + "q64"]),
+        helper.make_node("Cast", [p + "q64"], [p + "q"], to=TensorProto.FLOAT),
         helper.make_node("Add", [p + "q", p + "offset"], [p + "qo"]),
         helper.make_node("Mul", [p + "scale", p + "qo"], [out]),
     ]
@@ -158,17 +163,20 @@ class OrtGraphEngine:
         self._visible = visible
         self._sessions: dict[tuple[str, ...], object] = {}
         self._suffix: dict[tuple[tuple[str, ...], tuple[str, ...]], object] = {}
-        self._shared: dict[str, ort.OrtValue] | None = None
+        self._weights: dict[str, np.ndarray] | None = None
 
-    def _shared_weights(self) -> dict[str, ort.OrtValue]:
-        """Large initializers as OrtValues that every suffix session reuses instead of copying."""
-        if self._shared is None:
-            self._shared = {
-                t.name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(t)))
+    def _shared_weights(self) -> dict[str, np.ndarray]:
+        """Large initializers, fed to every suffix session from this one copy.
+
+        Every cut gets its own suffix session; with the weights inside each one, building them was mostly
+        copying, serializing and parsing the same weights again (and keeping a copy per session)."""
+        if self._weights is None:
+            self._weights = {
+                t.name: numpy_helper.to_array(t)
                 for t in self._proto.graph.initializer
                 if len(t.raw_data) >= SHARED_BYTES
             }
-        return self._shared
+        return self._weights
 
     def internal(self, tensor: str) -> str:
         """Name of the value consumers of ``tensor`` read inside the engine's graph."""
@@ -196,32 +204,41 @@ class OrtGraphEngine:
         results = session.run(list(raw.values()), dict(feeds))  # type: ignore[attr-defined]
         return dict(zip(names, results, strict=True))
 
+    def _suffix_session(self, cut_feeds: Feeds, wanted: tuple[str, ...]):
+        """The cached session computing ``wanted`` from the tensors of ``cut_feeds`` (None: nothing to compute)."""
+        key = (tuple(sorted(cut_feeds)), wanted)
+        if key in self._suffix:
+            return self._suffix[key]
+        internal_in = [self.internal(n) for n in sorted(cut_feeds)]
+        computed = [self.internal(o) for o in wanted if self.internal(o) not in internal_in]
+        session = None
+        if computed:
+            types = {self.internal(n): np.asarray(v).dtype for n, v in cut_feeds.items()}
+            sub = extract_suffix(self._proto, internal_in, computed, types, self._shared_weights())
+            # one thread: every cut keeps a session, and one intra-op pool (spinning threads) per session
+            # made split mode ~10x slower on a busy 2-core machine (benchmarks/bench_bisect.py)
+            session = make_session(sub, threads=1, optimize=self._optimize, arena=False)
+        self._suffix[key] = session
+        return session
+
+    def prepare_suffixes(self, cuts: Iterable[Feeds], outputs: Iterable[str] | None = None) -> None:
+        """Build the sessions of many cuts at once, on two threads (onnxruntime releases the GIL while it
+        builds, and building them one by one was most of a cold split-mode run)."""
+        wanted = tuple(outputs or self._outputs)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(lambda feeds: self._suffix_session(feeds, wanted), cuts))
+
     def run_suffix(self, cut_feeds: Feeds, outputs: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """Run only the part of the graph downstream of ``cut_feeds`` (quantized values at the cut)."""
         wanted = tuple(outputs or self._outputs)
-        key = (tuple(sorted(cut_feeds)), wanted)
-        session = self._suffix.get(key)
-        internal_in = [self.internal(n) for n in sorted(cut_feeds)]
-        internal_out = [self.internal(n) for n in wanted]
+        session = self._suffix_session(cut_feeds, wanted)
+        internal_in = {self.internal(n) for n in cut_feeds}
         passthrough = {n for n in wanted if self.internal(n) in internal_in}
-        if session is None:
-            computed = [o for o in internal_out if o not in internal_in]
-            types = {self.internal(n): np.asarray(v).dtype for n, v in cut_feeds.items()}
-            sub = extract_suffix(self._proto, internal_in, computed, types) if computed else None
-            # one thread: every cut keeps a session, and one intra-op pool (spinning threads) per session
-            # made split mode ~10x slower on a busy 2-core machine (benchmarks/bench_bisect.py)
-            session = (
-                make_session(
-                    sub, threads=1, optimize=self._optimize, arena=False, shared=self._shared_weights()
-                )
-                if sub is not None
-                else None
-            )
-            self._suffix[key] = session
         results: dict[str, np.ndarray] = {n: np.asarray(cut_feeds[n]) for n in passthrough}
         if session is not None:
             needed = {i.name for i in session.get_inputs()}  # type: ignore[attr-defined]
             feed = {self.internal(n): v for n, v in cut_feeds.items() if self.internal(n) in needed}
+            feed.update((k, v) for k, v in self._shared_weights().items() if k in needed)
             computed_names = [n for n in wanted if n not in passthrough]
             values = session.run([self.internal(n) for n in computed_names], feed)  # type: ignore[attr-defined]
             results.update(zip(computed_names, values, strict=True))
