@@ -8,14 +8,17 @@ from qdiverge.loading.model import Model, Node
 from qdiverge.profiles.schema import Profile
 
 
-def is_strided_depthwise(node: Node, model: Model) -> bool:
-    """A Conv with one group per input channel (depthwise) and a stride above 1."""
+def is_depthwise(node: Node, model: Model) -> bool:
+    """A Conv with one input channel per group (depthwise, any depth multiplier)."""
     if node.op_type != "Conv" or len(node.inputs) < 2 or node.inputs[1] not in model.initializers:
         return False
     weight = model.initializers[node.inputs[1]]
-    group = int(node.attr("group", 1))
-    depthwise = group > 1 and weight.ndim >= 2 and weight.shape[1] == 1
-    return depthwise and any(int(s) > 1 for s in node.attr("strides", [1]))
+    return int(node.attr("group", 1)) > 1 and weight.ndim >= 2 and weight.shape[1] == 1
+
+
+def is_strided_depthwise(node: Node, model: Model) -> bool:
+    """A depthwise Conv with a stride above 1."""
+    return is_depthwise(node, model) and any(int(s) > 1 for s in node.attr("strides", [1]))
 
 
 def bias_of_add(producer: Node, add: Node, model: Model) -> np.ndarray | None:
