@@ -272,7 +272,7 @@ def main() -> None:
     if args.memory_child:
         _memory_child(args.memory_child, Path(args.workdir), args.target)
         return
-    from qdiverge.encodings.qdq import write_qdq_model
+    from qdiverge.encodings.qdq_writer import write_qdq_model
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -13,7 +13,8 @@ from onnx_builders import GraphBuilder, save, small_net
 from qdiverge.encodings.aimet import read_encodings_json
 from qdiverge.encodings.bind import bind_encodings
 from qdiverge.encodings.load import load_encodings
-from qdiverge.encodings.qdq import read_qdq_model, write_qdq_model
+from qdiverge.encodings.qdq import read_qdq_model
+from qdiverge.encodings.qdq_writer import write_qdq_model
 from qdiverge.engines.sim import sim_engine
 from qdiverge.errors import InputError
 from qdiverge.loading.model import load_model

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import onnx
 
-from qdiverge.encodings.qdq import write_qdq_model
+from qdiverge.encodings.qdq_writer import write_qdq_model
 from qdiverge.encodings.schema import Encoding, EncodingSet, encoding_from_range
 from qdiverge.engines.base import extract_suffix
 from qdiverge.engines.qnn_htp import QnnHtpEngine, QuantTap, check_capture_neutral, make_htp_session
