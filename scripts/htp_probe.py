@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import time
 
-from qdiverge.probes import conv, eltwise, fusion, inputs, lut, rescale
+from qdiverge.probes import bias, conv, eltwise, fusion, inputs, lut, rescale
 
 PROBES = {
     "ties": conv.probe_conv_ties,
     "multiplier": conv.probe_multiplier,
     "prescale": conv.probe_prescale,
     "bias": conv.probe_bias,
+    "biastensor": bias.probe_bias_tensor,
     "depthwise": conv.probe_depthwise,
     "lut": lut.probe_luts,
     "lut16": lut.probe_luts16,

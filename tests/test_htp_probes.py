@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime_qnn")
 
 from qdiverge.engines.qnn_htp import QnnHtpEngine, check_capture_neutral, make_htp_session
 from qdiverge.errors import InputError
-from qdiverge.probes import arith, conv, eltwise, fusion, inputs, lut, rescale
+from qdiverge.probes import arith, bias, conv, eltwise, fusion, inputs, lut, rescale
 from qdiverge.probes.graph import QdqGraph, QParams
 
 pytestmark = pytest.mark.htp
@@ -64,6 +64,25 @@ def test_8bit_conv_requant_is_a_12_bit_multiplier_on_a_shifted_accumulator():
         np.testing.assert_array_equal(got[[0, 2]], want[[0, 2]], err_msg=result.name)
         assert result.compare("exact/RHU").match < 0.995, result.name
         assert result.compare("q12 prescaled/RHU").match > 0.995, result.name  # the rest: bias (open)
+
+
+def test_8bit_conv_bias_depends_on_the_whole_bias_tensor():
+    # each channel is q12_prescaled(acc + c) for one integer c (the effective bias), which is the declared
+    # bias or one step toward zero; which channels move depends on the other channels' biases
+    acc, m, out, _ = bias.bias_window()
+    effective = []
+    for result in bias.probe_bias_tensor(73):
+        declared = [*bias.SMALL_BIASES, int(result.name.rsplit(" ", 1)[1])]
+        got = result.got.reshape(len(declared), -1)
+        eff = bias.effective_biases(got, acc, m, out, np.array(declared))
+        assert all(len(c) == 1 for c in eff), result.name
+        for b, (c,) in zip(declared, eff, strict=True):
+            assert c == b or (c == b - np.sign(b) and b != 0), (result.name, b, c)
+        assert result.compare("q12 prescaled, declared bias").match < 1.0, result.name
+        effective.append([c for (c,) in eff[: len(bias.SMALL_BIASES)]])
+    alone, beside_12345 = effective
+    assert alone != beside_12345  # same channels, same biases: another channel's bias moved them
+    assert alone[bias.SMALL_BIASES.index(1)] == 1 and beside_12345[bias.SMALL_BIASES.index(1)] == 0
 
 
 def _relu_conv() -> onnx.ModelProto:
