@@ -8,12 +8,20 @@ from __future__ import annotations
 from html import escape
 
 from qdiverge.reports import svg
-from qdiverge.reports._format import HEADERS, layer_row, summary_line, top_layers, verdict
+from qdiverge.reports._format import (
+    HEADERS,
+    concentration_line,
+    layer_row,
+    summary_line,
+    top_layers,
+    verdict,
+)
 from qdiverge.reports.model import Report
 
 _CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
-table{border-collapse:collapse;margin:12px 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+table{border-collapse:collapse;margin:12px 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+td{overflow-wrap:anywhere;max-width:28em}.charts{display:flex;flex-wrap:wrap;gap:12px}
 th{background:#f2f2f2}tr.fail td{background:#fde8e8}.pass{color:#176f2c}.failv{color:#b00020}
 svg{display:block;margin:12px 0;border:1px solid #eee}.t{font-size:13px;font-weight:600}.l{font-size:11px}
 .ax{stroke:#555}.b{fill:#4a78b5}.ln{fill:none;stroke:#4a78b5;stroke-width:1.5}.p{fill:#4a78b5}.nf{fill:#b00020}
@@ -73,6 +81,7 @@ def render(report: Report, top: int | None = None) -> str:
         ("seed", str(run.seed)),
         ("modes", ", ".join(run.modes)),
         ("metric", run.metric),
+        ("ranked by", run.rank_by),
     ]
     verdict_cls = "" if gate is None else ("pass" if gate.passed else "failv")
     parts = [
@@ -81,7 +90,10 @@ def render(report: Report, top: int | None = None) -> str:
         f"<title>qdiverge report: {escape(run.model_path)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f'<h1>qdiverge report</h1><p class="{verdict_cls}"><strong>{escape(verdict(report))}</strong></p>',
-        "<ul>" + "".join(f"<li>{escape(summary_line(o))}</li>" for o in report.summary) + "</ul>",
+        "<ul>"
+        + "".join(f"<li>{escape(summary_line(o))}</li>" for o in report.summary)
+        + (f"<li>{escape(line)}</li>" if (line := concentration_line(report)) else "")
+        + "</ul>",
     ]
     if gate is not None and gate.failures:
         parts.append(
@@ -89,11 +101,13 @@ def render(report: Report, top: int | None = None) -> str:
             + "".join(f"<li>{escape(f.message)}</li>" for f in gate.failures)
             + "</ul>"
         )
-    parts += [
+    parts += [  # the overview first: plots, then the full ranked table
+        "<h2>Plots</h2>",
+        '<div class="charts">',
+        *charts,
+        "</div>",
         "<h2>Ranked layers</h2>",
         _table(HEADERS, rows),
-        "<h2>Plots</h2>",
-        *charts,
         "<h2>Run</h2>",
         _table(("field", "value"), [([k, v], False) for k, v in meta]),
         "</body></html>",
