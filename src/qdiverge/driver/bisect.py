@@ -55,6 +55,10 @@ class BisectResult:
     samples: int = 0
     modes: tuple[str, ...] = ()
     suffix_runs: int = 0
+    # the same final-output measurements on two halves of the samples (even / odd), per cut and per step:
+    # how well each ranking reproduces from one half to the other
+    split_halves: tuple[list[TensorMetrics | None], ...] = ()
+    solo_halves: tuple[list[TensorMetrics | None], ...] = ()
 
 
 def _step_tensor(step) -> str:
@@ -126,6 +130,9 @@ class Bisector:
         cum = [MetricsAccumulator(self.emu.target_encodings.get(t)) for t in tensors]
         split = [self._final_acc() for _ in self.cuts]
         solo = [self._final_acc() for _ in steps]
+        split_h = [[self._final_acc() for _ in self.cuts] for _ in range(2)]
+        solo_h = [[self._final_acc() for _ in steps] for _ in range(2)]
+        batch_no = -1
         final = self._final_acc()
         sim_vs_float = self._final_acc()
         captured = sorted({*inputs, *(t for s in steps for t in (*s.inputs, *s.outputs))})
@@ -133,6 +140,7 @@ class Bisector:
         first_batch = True
         search_votes: list[int] = []
         for sample in source.batches(batch):
+            batch_no += 1
             samples = min(samples + batch, source.samples)
             if progress:
                 progress(f"sample {samples}/{source.samples}: sim + emulator")
@@ -169,8 +177,7 @@ class Bisector:
                         iso[first + k].update(sim_vals[t], out[t].dequantize())
                     got = self._run_solo(self.cuts[k + 1], out, sim_vals)
                     suffix_runs += 1
-                    for o in self.outputs:
-                        solo[k][o].update(sim_vals[o], got[o])
+                    self._update_final(solo[k], [h[k] for h in solo_h], sim_vals, got, batch_no)
             if "split" in modes:
                 for c, cut in enumerate(self.cuts):
                     if progress and c % 10 == 0:
@@ -179,8 +186,7 @@ class Bisector:
                         continue  # the next usable cut carries this layer's contribution
                     got = self._run_cut(cut, emu_vals)
                     suffix_runs += 1
-                    for o in self.outputs:
-                        split[c][o].update(sim_vals[o], got[o])
+                    self._update_final(split[c], [h[c] for h in split_h], sim_vals, got, batch_no)
             if "search" in modes and search_threshold_db is not None:
                 found, runs = self._search(emu_vals, sim_vals, search_threshold_db)
                 suffix_runs += runs
@@ -228,7 +234,10 @@ class Bisector:
                     solo=_combine(solo[k]) if next(iter(solo[k].values())).n else None,
                 )
             )
+        halves = lambda accs: [_combine(a) if next(iter(a.values())).n else None for a in accs]  # noqa: E731
         return BisectResult(
+            split_halves=tuple(halves(h) for h in split_h) if "split" in modes else (),
+            solo_halves=tuple(halves(h) for h in solo_h) if "layerwise" in modes else (),
             steps=outcomes,
             final_emu_vs_sim={o: acc.result() for o, acc in final.items()},
             final_sim_vs_float={o: acc.result() for o, acc in sim_vs_float.items()},
@@ -237,6 +246,17 @@ class Bisector:
             modes=modes,
             suffix_runs=suffix_runs,
         )
+
+    def _update_final(self, whole, halves, sim_vals, got, batch_no: int) -> None:
+        """Accumulate final outputs into ``whole`` and into the even / odd sample half."""
+        for o in self.outputs:
+            ref, test = sim_vals[o], got[o]
+            whole[o].update(ref, test)
+            if ref.ndim and ref.shape[0] >= 2:  # samples stacked on axis 0 (batched run): split the rows
+                halves[0][o].update(ref[0::2], test[0::2])
+                halves[1][o].update(ref[1::2], test[1::2])
+            else:
+                halves[batch_no % 2][o].update(ref, test)
 
     def _prepare_cuts(self, emu_vals: dict[str, QTensor]) -> None:
         """Build every cut's suffix session up front, in parallel (the values only give the dtypes)."""
@@ -307,6 +327,37 @@ def _increments(result: BisectResult, metric: str) -> list[float | None]:
         steps.append(current - previous)
         previous = current
     return steps
+
+
+def _rank_correlation(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (ties broken by position); nan when either side is constant."""
+    ra = np.argsort(np.argsort(np.asarray(a, dtype=np.float64), kind="stable"), kind="stable")
+    rb = np.argsort(np.argsort(np.asarray(b, dtype=np.float64), kind="stable"), kind="stable")
+    if len(ra) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def ranking_stability(result: BisectResult, metric: str) -> dict[str, float]:
+    """Split-half agreement of each ranking: does the order found on the even samples reappear on the odd
+    ones? ``<ranking>``: Spearman rank correlation over all layers (near 1: the ranking measures the layers;
+    near 0: sampling noise); ``<ranking>_top``: 1.0 when both halves put the same layer first, else 0.0."""
+    scores: dict[str, list[np.ndarray]] = {}
+    if len(result.split_halves) == 2 and all(m is not None for h in result.split_halves for m in h):
+        for half in result.split_halves:
+            values = [_final_metric_value(m, metric) for m in half]  # type: ignore[arg-type]
+            # the first cut's increment is from the sim itself
+            scores.setdefault("contribution", []).append(np.diff([0.0, *values]))
+    if len(result.solo_halves) == 2 and all(m is not None for h in result.solo_halves for m in h):
+        for half in result.solo_halves:
+            scores.setdefault("solo", []).append(np.array([_final_metric_value(m, metric) for m in half]))  # type: ignore[arg-type]
+    stability: dict[str, float] = {}
+    for name, (a, b) in scores.items():
+        correlation = _rank_correlation(a, b)
+        if math.isfinite(correlation):
+            stability[name] = correlation
+            stability[f"{name}_top"] = float(np.argmax(a) == np.argmax(b))
+    return stability
 
 
 def divergence_added(result: BisectResult, metric: str) -> float:

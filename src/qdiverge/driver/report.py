@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from qdiverge import __version__
-from qdiverge.driver.bisect import BisectResult, StepOutcome, rank
+from qdiverge.driver.bisect import BisectResult, StepOutcome, rank, ranking_stability
 from qdiverge.reports.model import (
     FLAG_DERIVED_ENCODING,
     FLAG_FLOAT_FALLBACK,
@@ -19,6 +19,8 @@ from qdiverge.reports.model import (
     Report,
     RunInfo,
 )
+
+MIN_STABILITY_SAMPLES = 4  # two halves of at least two samples each
 
 
 def report_flags(step_flags: Sequence[str]) -> tuple[str, ...]:
@@ -60,15 +62,22 @@ def build_report(
         )
         for position, o in enumerate(ranked, start=1)
     )
-    summary = tuple(
-        OutputSummary(
-            name=name,
-            emu_vs_sim=result.final_emu_vs_sim.get(name),
-            sim_vs_float=result.final_sim_vs_float.get(name),
-        )
+    stability = ranking_stability(result, metric) if result.samples >= MIN_STABILITY_SAMPLES else {}
+    return Report(
+        schema_version=SCHEMA_VERSION,
+        run=run,
+        summary=output_summary(result, outputs),
+        layers=layers,
+        stability=stability,
+    )
+
+
+def output_summary(result: BisectResult, outputs: Sequence[str]) -> tuple[OutputSummary, ...]:
+    """Both gaps per model output: emulator vs sim, sim vs float."""
+    return tuple(
+        OutputSummary(name, result.final_emu_vs_sim.get(name), result.final_sim_vs_float.get(name))
         for name in outputs
     )
-    return Report(schema_version=SCHEMA_VERSION, run=run, summary=summary, layers=layers)
 
 
 def run_info(

@@ -6,9 +6,10 @@ import dataclasses
 
 from qdiverge.diagnosis.whatif import WhatIf
 from qdiverge.driver.bisect import Bisector, BisectResult, divergence_added, rank
+from qdiverge.driver.report import output_summary
 from qdiverge.loading.inputs import InputSource
 from qdiverge.pipeline import Workspace
-from qdiverge.reports.model import OutputSummary, WhatIfLayer, WhatIfResult
+from qdiverge.reports.model import WhatIfLayer, WhatIfResult
 
 
 def run_what_if(
@@ -31,10 +32,4 @@ def run_what_if(
         WhatIfLayer(node=o.node, before=o.contribution, after=after.get(o.nodes or (o.tensor,), 0.0))
         for o in ranked_before[:top]
     )
-    summary = tuple(
-        OutputSummary(
-            name=o, emu_vs_sim=result.final_emu_vs_sim.get(o), sim_vs_float=result.final_sim_vs_float.get(o)
-        )
-        for o in outputs
-    )
-    return WhatIfResult(spec=change.spec, summary=summary, layers=layers)
+    return WhatIfResult(spec=change.spec, summary=output_summary(result, outputs), layers=layers)

@@ -13,6 +13,7 @@ from qdiverge.reports.model import LayerResult, OutputSummary, Report
 HEADERS = ("rank", "node", "op", "tensor", "contribution", "solo SQNR", "iso LSB", "cum SQNR", "flags", "why")
 FINDING_HEADERS = ("#", "severity", "rule", "node", "finding", "fix")
 DEFAULT_TOP = 20  # what fits a terminal and a pull-request comment
+UNSTABLE = 0.5  # split-half rank correlation below which a ranking is called noise
 
 
 def elide(name: str, width: int = 40) -> str:
@@ -105,6 +106,30 @@ def finding_rows(report: Report, top: int | None, width: int = 40) -> list[list[
     return rows if top is None else rows[: max(top, 0)]
 
 
+def stability_line(report: Report) -> str | None:
+    """A caution when the ranking in use does not reproduce across halves of the samples."""
+    ranking = report.run.rank_by
+    used = report.stability.get(ranking)
+    if used is None or used >= UNSTABLE:
+        return None
+    better = [
+        (v, k)
+        for k, v in report.stability.items()
+        if k != ranking and not k.endswith("_top") and v >= UNSTABLE
+    ]
+    hint = f"; --rank-by {max(better)[1]} reproduces ({max(better)[0]:.2f})" if better else ""
+    if report.stability.get(f"{ranking}_top") == 1.0:
+        lead = top_layers(report, 1)[0].node
+        return (
+            f"{lead} leads on both halves of the samples, but the order below it is within sampling noise"
+            f" (split-half rank correlation {used:.2f}){hint}"
+        )
+    return (
+        f"caution: the {ranking} ranking does not reproduce across halves of the samples (rank"
+        f" correlation {used:.2f}): differences between layers are within sampling noise{hint}"
+    )
+
+
 def concentration_line(report: Report) -> str | None:
     """Whether the divergence has one culprit or is spread out (split-mode contributions), in words."""
     if report.run.rank_by != "contribution" or "split" not in report.run.modes or not report.layers:
@@ -120,3 +145,11 @@ def concentration_line(report: Report) -> str | None:
             " many layers (per-op rounding differences); see solo SQNR for each layer alone"
         )
     return f"top layer {lead.node} adds {fmt_pct(top)}; the top 5 add {fmt_pct(top5)}"
+
+
+def reading_notes(report: Report) -> list[str]:
+    """How far to trust the ranking, in words: whether one layer dominates, and whether it reproduces."""
+    caution = stability_line(report)
+    if caution and caution.startswith("caution"):
+        return [caution]  # the concentration of a noisy ranking means nothing
+    return [line for line in (concentration_line(report), caution) if line]

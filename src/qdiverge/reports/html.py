@@ -10,8 +10,8 @@ from html import escape
 from qdiverge.reports import svg
 from qdiverge.reports._format import (
     HEADERS,
-    concentration_line,
     layer_row,
+    reading_notes,
     summary_line,
     top_layers,
     verdict,
@@ -92,7 +92,7 @@ def render(report: Report, top: int | None = None) -> str:
         f'<h1>qdiverge report</h1><p class="{verdict_cls}"><strong>{escape(verdict(report))}</strong></p>',
         "<ul>"
         + "".join(f"<li>{escape(summary_line(o))}</li>" for o in report.summary)
-        + (f"<li>{escape(line)}</li>" if (line := concentration_line(report)) else "")
+        + "".join(f"<li>{escape(note)}</li>" for note in reading_notes(report))
         + "</ul>",
     ]
     if gate is not None and gate.failures:

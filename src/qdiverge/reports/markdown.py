@@ -8,11 +8,11 @@ from qdiverge.reports._format import (
     DEFAULT_TOP,
     FINDING_HEADERS,
     HEADERS,
-    concentration_line,
     finding_rows,
     fmt_pct,
     is_check,
     layer_row,
+    reading_notes,
     summary_line,
     top_layers,
     verdict,
@@ -40,9 +40,7 @@ def render(report: Report, top: int | None = DEFAULT_TOP) -> str:
     )
     lines.append("")
     lines += [f"- {_cell(summary_line(out))}" for out in report.summary]
-    verdict_line = concentration_line(report)
-    if verdict_line:
-        lines.append(f"- {_cell(verdict_line)}")
+    lines += [f"- {_cell(note)}" for note in reading_notes(report)]
     if is_check(report):
         rows = [[_cell(c) for c in row] for row in finding_rows(report, top)]
         lines += ["", tabulate(rows, headers=FINDING_HEADERS, tablefmt="github", disable_numparse=True)]

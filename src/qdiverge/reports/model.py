@@ -203,6 +203,8 @@ class Report:
     layers: tuple[LayerResult, ...]
     gate: GateResult | None = None
     what_if: tuple[WhatIfResult, ...] = ()
+    # split-half rank correlation per ranking ("contribution", "solo"): ~1 reproducible, ~0 sampling noise
+    stability: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, path: str | Path) -> Report:

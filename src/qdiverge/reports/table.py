@@ -8,11 +8,11 @@ from qdiverge.reports._format import (
     DEFAULT_TOP,
     FINDING_HEADERS,
     HEADERS,
-    concentration_line,
     finding_rows,
     fmt_pct,
     is_check,
     layer_row,
+    reading_notes,
     summary_line,
     top_layers,
     verdict,
@@ -58,9 +58,7 @@ def render(report: Report, top: int | None = DEFAULT_TOP) -> str:
         f"qdiverge {report.run.qdiverge_version} | target {report.run.target} | metric {report.run.metric}"
     ]
     lines += [summary_line(out) for out in report.summary]
-    verdict_line = concentration_line(report)
-    if verdict_line:
-        lines.append(verdict_line)
+    lines += reading_notes(report)
     if layers:
         lines += ["", tabulate([layer_row(la) for la in layers], headers=HEADERS, disable_numparse=True)]
     if len(layers) < len(report.layers):
