@@ -125,6 +125,19 @@ def _binding(op, attrs, inputs, x_enc, w_float, w_enc, b_float, y_enc, profile, 
     )
 
 
+def _u8_case(x_shape, w_shape, per_channel: bool, group: int = 1, stride: int = 1) -> dict:
+    """A uint8-input, int8-weight 3x3 'same' Conv case for ``_conv_problem``."""
+    attrs = {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [stride] * 2, "group": group}
+    return dict(
+        x_shape=x_shape,
+        w_shape=w_shape,
+        attrs=attrs,
+        x_dtype=np.dtype("uint8"),
+        w_dtype=np.dtype("int8"),
+        per_channel=per_channel,
+    )
+
+
 def _prepared_conv(case, problem, profile=ONNX):
     _, wq, x_scale, x_zp, w_scale, w_zp, y_scale, y_zp, bias_q = problem
     cout = wq.shape[0]
@@ -211,14 +224,7 @@ def test_conv_accumulation_equals_ort_conv_integer_and_loop(seed):
 
 def test_float64_path_for_large_bounds_matches_loop():
     rng = np.random.default_rng(7)
-    case = dict(
-        x_shape=(1, 300, 3, 3),
-        w_shape=(2, 300, 3, 3),
-        attrs={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1], "group": 1},
-        x_dtype=np.dtype("uint8"),
-        w_dtype=np.dtype("int8"),
-        per_channel=True,
-    )
+    case = _u8_case((1, 300, 3, 3), (2, 300, 3, 3), per_channel=True)
     problem = _conv_problem(rng, case)
     x, wq, _, x_zp, *_ = problem
     params = _prepared_conv(case, problem)
@@ -483,14 +489,7 @@ def test_ort_conv_path_chunks_the_batch_exactly(monkeypatch):
     from qdiverge.engines.emulator import accumulate
 
     rng = np.random.default_rng(11)
-    case = dict(
-        x_shape=(5, 4, 9, 7),
-        w_shape=(6, 4, 3, 3),
-        attrs={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1], "group": 1},
-        x_dtype=np.dtype("uint8"),
-        w_dtype=np.dtype("int8"),
-        per_channel=True,
-    )
+    case = _u8_case((5, 4, 9, 7), (6, 4, 3, 3), per_channel=True)
     problem = _conv_problem(rng, case)
     x = problem[0].astype(np.int64)
     for profile in (ONNX, HTP):
@@ -506,14 +505,7 @@ def test_ort_conv_path_chunks_the_batch_exactly(monkeypatch):
 @pytest.mark.parametrize("y_zp", [0, 90, 255])
 def test_ort_conv_path_fused_relu_at_any_zero_point(y_zp):
     rng = np.random.default_rng(12)
-    case = dict(
-        x_shape=(2, 3, 6, 6),
-        w_shape=(4, 3, 3, 3),
-        attrs={"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "strides": [1, 1], "group": 1},
-        x_dtype=np.dtype("uint8"),
-        w_dtype=np.dtype("int8"),
-        per_channel=False,
-    )
+    case = _u8_case((2, 3, 6, 6), (4, 3, 3, 3), per_channel=False)
     x, wq, x_scale, x_zp, w_scale, _, y_scale, _, bias_q = _conv_problem(rng, case)
     relu = Node(1, "relu", "Relu", "", ("y",), ("z",), {})
     binding = _binding(
@@ -618,21 +610,10 @@ def test_apply_requant_in_place_equals_python_ints(form):
 def test_ort_conv_path_fused_hardswish_equals_numpy_epilogue(seed, profile):
     """The accumulator session's fused HardSwish (float64 ONNX ops) reproduces the numpy epilogue exactly."""
     rng = np.random.default_rng(700 + seed)
-    case = dict(
-        x_shape=(3, 4, 7, 7),
-        w_shape=(6, 1 if seed % 2 else 4, 3, 3),
-        attrs={
-            "kernel_shape": [3, 3],
-            "pads": [1] * 4,
-            "strides": [1 + seed % 2] * 2,
-            "group": 4 if seed % 2 else 1,
-        },
-        x_dtype=np.dtype("uint8"),
-        w_dtype=np.dtype("int8"),
-        per_channel=bool(seed % 3),
+    group, stride = (4, 2) if seed % 2 else (1, 1)
+    case = _u8_case(
+        (3, 4, 7, 7), (4 if seed % 2 else 6, 1 if seed % 2 else 4, 3, 3), bool(seed % 3), group, stride
     )
-    if seed % 2:
-        case["w_shape"] = (4, 1, 3, 3)
     x, wq, x_scale, x_zp, w_scale, _, y_scale, y_zp, bias_q = _conv_problem(rng, case)
     w_scale_c = np.broadcast_to(w_scale, (wq.shape[0],)).astype(np.float64)
     hardswish = Node(1, "hs", "HardSwish", "", ("y",), ("z",), {})
@@ -652,7 +633,5 @@ def test_ort_conv_path_fused_hardswish_equals_numpy_epilogue(seed, profile):
     params = Conv.prepare(binding)
     # in the session when the activation rounds half to even (ONNX Round); else numpy finishes
     assert params.ort is not None and params.ort.requantizes == (params.epilogue.act_rounding == "half_even")
-    group = case["attrs"]["group"]
-    stride = case["attrs"]["strides"][0]
     acc = conv_acc_loop(x, x_zp, wq.astype(np.int64), (stride, stride), (1, 1), (1, 1, 1, 1), group)
     np.testing.assert_array_equal(Conv.run(params, x.astype(np.int64)), params.epilogue(acc, axis=1))
