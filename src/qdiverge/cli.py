@@ -345,8 +345,10 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
     if thresholds.any or base is not None:
         report = report.with_gate(thresholds, base)
     if "search" in wanted:
-        where = "none" if result.search_first_cut is None else f"step {result.search_first_cut}"
-        click.echo(f"search: first cut below {search_threshold} dB: {where}", err=True)
+        found = result.search_first_cut
+        step = next((o for o in result.steps if o.index == found), None) if found is not None else None
+        where = "none" if step is None else f"after {step.node} ({step.op_type}, step {found})"
+        click.echo(f"search: first cut whose final-output SQNR < {search_threshold} dB: {where}", err=True)
     _finish(report, fmt, output, top, start, f"{result.samples} sample(s), {len(result.steps)} layers")
 
 

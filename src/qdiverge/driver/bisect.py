@@ -377,7 +377,7 @@ def rank(
     one, as a fraction of ``total``: by default every increase of this run added up, so contributions lie
     in [-1, 1], the positive ones sum to 1, and a negative one means the layer's error partly cancels
     earlier ones. A what-if passes the original run's total so both are on one scale. Without split
-    mode the isolated max LSB error ranks the layers instead.
+    mode contributions are 0 and the isolated LSB error ranks the layers.
 
     ``rank_by``: ``contribution`` (split mode), ``solo`` (final-output divergence with only this layer on
     the DSP side: robust when any early perturbation saturates the final noise), or ``isolated`` (the
@@ -387,9 +387,11 @@ def rank(
     scale = 1.0 / total if total and math.isfinite(total) and total > 0 else 1.0
     for outcome, delta in zip(result.steps, _increments(result, metric), strict=True):
         if delta is None:
-            outcome.contribution = _isolated_score(outcome) if "split" not in result.modes else 0.0
+            outcome.contribution = 0.0  # not measured (no split mode, or a cut the DSP side cannot feed)
         else:
             outcome.contribution = delta * scale
+    if "split" not in result.modes and rank_by == "contribution":
+        rank_by = "isolated"  # no contributions measured: the layers' own errors are what there is
     keys = {
         "contribution": lambda o: (-_finite(o.contribution), -_isolated_score(o), o.index),
         "solo": lambda o: (-_finite(_solo_score(o, metric)), -_finite(o.contribution), o.index),
