@@ -88,7 +88,7 @@ def _workspace(model, encodings, config, target, input_shapes):
     ws = open_workspace(model, encodings, config, parse_input_shapes(input_shapes), target)
     internal = ws.supergroup_internal
     # un-encoded tensors inside a sim supergroup are expected; the emulator reports how it handles them
-    unexpected = [w for w in ws.warnings if w.partition("' (")[0].lstrip("'") not in internal]
+    unexpected = [w for w in ws.warnings if getattr(w, "tensor", None) not in internal]
     for warning in ws.warnings:
         log.info(warning)
     if unexpected:

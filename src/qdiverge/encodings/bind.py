@@ -298,6 +298,17 @@ def _float_outputs(model: Model) -> set[str] | None:
     return {vi.name for vi in infos if vi.type.tensor_type.elem_type in _FLOAT_TYPES}
 
 
+class Unencoded(str):
+    """A warning about a compute-op output without an encoding; ``tensor`` names it for callers."""
+
+    tensor: str
+
+    def __new__(cls, tensor: str, node: Node) -> Unencoded:
+        text = super().__new__(cls, f"{tensor!r} (output of {node.op_type} {node.name!r}) has no encoding")
+        text.tensor = tensor
+        return text
+
+
 def _missing_warnings(model: Model, bound: EncodingSet) -> list[str]:
     """Float outputs of compute ops that have no encoding: a target must calibrate or float them."""
     floats = _float_outputs(model)
@@ -308,5 +319,5 @@ def _missing_warnings(model: Model, bound: EncodingSet) -> list[str]:
             continue
         for out in node.outputs:
             if out and out not in names and (floats is None or out in floats):
-                warnings.append(f"{out!r} (output of {node.op_type} {node.name!r}) has no encoding")
+                warnings.append(Unencoded(out, node))
     return warnings
