@@ -280,6 +280,11 @@ def _finish(report, fmt: str, output: Path | None, top: int, start: float, detai
     help="search mode: first cut whose final-output SQNR (dB) falls below this.",
 )
 @click.option(
+    "--labels",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Ground-truth class per sample (.npy of ints, or one per line): adds top-1 accuracy of float, sim, DSP.",
+)
+@click.option(
     "--rank-by",
     type=click.Choice(["contribution", "solo", "isolated"]),
     default="contribution",
@@ -299,7 +304,7 @@ def _finish(report, fmt: str, output: Path | None, top: int, start: float, detai
 )
 @click.pass_context
 def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples, seed, modes, htp_arch, metric,
-           search_threshold, rank_by, top, fmt, output, fail_under_sqnr, fail_over_lsb, fail_under_top1,
+           search_threshold, labels, rank_by, top, fmt, output, fail_under_sqnr, fail_over_lsb, fail_under_top1,
            gate_scope, baseline, what_if):  # fmt: skip
     """Split the graph at every layer (DSP prefix, sim suffix) and rank layers by divergence.
 
@@ -314,6 +319,7 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
     from qdiverge.diagnosis.whatif import parse_what_if
     from qdiverge.driver.bisect import MODES
     from qdiverge.driver.session import bisect_report, parse_modes
+    from qdiverge.loading.inputs import load_labels
     from qdiverge.reports.model import Report, Thresholds, parse_limits
 
     start = time.perf_counter()
@@ -329,6 +335,7 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
     ws = _workspace(model, encodings, config, target, input_shapes)
     source = _source(ws, inputs, samples, seed)
     show = not ctx.obj["quiet"]
+    truth = load_labels(labels, source.samples) if labels else None
     report, result = bisect_report(
         ws,
         source,
@@ -340,6 +347,7 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
         int(htp_arch),
         _progress(show),
         rank_by,
+        truth,
     )
     _clear_progress(show)
     if thresholds.any or base is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -59,6 +59,8 @@ class BisectResult:
     # how well each ranking reproduces from one half to the other
     split_halves: tuple[list[TensorMetrics | None], ...] = ()
     solo_halves: tuple[list[TensorMetrics | None], ...] = ()
+    # top-1 accuracy of the first output against ground-truth labels: "float", "sim", "dsp"
+    accuracy: dict[str, float] = field(default_factory=dict)
 
 
 def _step_tensor(step) -> str:
@@ -75,6 +77,17 @@ def _quantized_view(value: np.ndarray, enc: Encoding | None) -> QTensor:
     if enc is None or enc.is_float or value.dtype.kind != "f":
         return QTensor(codes=value, encoding=None)
     return QTensor(codes=quantize_aimet(value, enc), encoding=enc)
+
+
+def _rows(value: np.ndarray, batch: int) -> int:
+    """Samples in this batch (the last batch may be short): rows of the first output per sample row."""
+    return min(batch, value.shape[0]) if value.ndim else 1
+
+
+def _hits(logits: np.ndarray, truth: np.ndarray) -> int:
+    """How many samples' arg-max class (last axis) equals ``truth``; one row of logits per sample."""
+    predicted = np.asarray(logits).reshape(len(truth), -1).argmax(axis=1)
+    return int(np.count_nonzero(predicted == truth))
 
 
 def _final_metric_value(m: TensorMetrics, metric: str) -> float:
@@ -120,6 +133,7 @@ class Bisector:
         search_threshold_db: float | None = None,
         progress: Progress | None = None,
         batch: int = 1,
+        labels: np.ndarray | None = None,
     ) -> BisectResult:
         """Measure ``modes`` over ``source``, ``batch`` samples per engine call (the engines' batch size)."""
         modes = tuple(m for m in MODES if m in modes)
@@ -133,6 +147,7 @@ class Bisector:
         split_h = [[self._final_acc() for _ in self.cuts] for _ in range(2)]
         solo_h = [[self._final_acc() for _ in steps] for _ in range(2)]
         batch_no = -1
+        correct = {"float": 0, "sim": 0, "dsp": 0}
         final = self._final_acc()
         sim_vs_float = self._final_acc()
         captured = sorted({*inputs, *(t for s in steps for t in (*s.inputs, *s.outputs))})
@@ -150,6 +165,12 @@ class Bisector:
             for o in self.outputs:
                 final[o].update(sim_vals[o], emu_vals[o].dequantize())
                 sim_vs_float[o].update(float_out[o], sim_vals[o])
+            if labels is not None:
+                truth = labels[samples - _rows(sim_vals[self.outputs[0]], batch) : samples]
+                first = self.outputs[0]
+                for side, logits in (("float", float_out[first]), ("sim", sim_vals[first])):
+                    correct[side] += _hits(logits, truth)
+                correct["dsp"] += _hits(emu_vals[first].dequantize(), truth)
             for i, t in enumerate(inputs):  # input quantization is its own "layer"
                 if t not in emu_vals:  # a DSP side that cannot expose it (qnn-htp)
                     continue
@@ -234,8 +255,10 @@ class Bisector:
                     solo=_combine(solo[k]) if next(iter(solo[k].values())).n else None,
                 )
             )
+        accuracy = {k: v / samples for k, v in correct.items()} if labels is not None and samples else {}
         halves = lambda accs: [_combine(a) if next(iter(a.values())).n else None for a in accs]  # noqa: E731
         return BisectResult(
+            accuracy=accuracy,
             split_halves=tuple(halves(h) for h in split_h) if "split" in modes else (),
             solo_halves=tuple(halves(h) for h in solo_h) if "layerwise" in modes else (),
             steps=outcomes,

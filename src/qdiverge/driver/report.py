@@ -69,6 +69,7 @@ def build_report(
         summary=output_summary(result, outputs),
         layers=layers,
         stability=stability,
+        accuracy=result.accuracy,
     )
 
 

@@ -9,6 +9,8 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from qdiverge.diagnosis import CheckContext, attach, run_checks
 from qdiverge.diagnosis.whatif import WhatIf
 from qdiverge.driver.bisect import Bisector, BisectResult, Progress, StepOutcome
@@ -42,11 +44,13 @@ def _why(findings: Sequence[Finding], outcome: StepOutcome) -> tuple[Finding, ..
     return tuple(seen.values())
 
 
-def _measure(ws: Workspace, dsp, source: InputSource, modes, search_db, progress, batch: int) -> BisectResult:
+def _measure(
+    ws: Workspace, dsp, source: InputSource, modes, search_db, progress, batch: int, labels=None
+) -> BisectResult:
     outputs = list(ws.model.outputs)
     encodings = {o: dsp.target_encodings.get(o) for o in outputs}
     bisector = Bisector(ws.sim(), dsp, ws.float(), outputs, encodings)
-    return bisector.run(source, modes, search_db, progress=progress, batch=batch)
+    return bisector.run(source, modes, search_db, progress=progress, batch=batch, labels=labels)
 
 
 def bisect_report(
@@ -60,6 +64,7 @@ def bisect_report(
     htp_arch: int = 73,
     progress: Progress | None = None,
     rank_by: str = "contribution",
+    labels: np.ndarray | None = None,
 ) -> tuple[Report, BisectResult]:
     """Run ``qdiverge bisect``: the modes, the "why" of each ranked layer, and the what-ifs."""
     if changes and ws.target == QNN_HTP:
@@ -70,7 +75,7 @@ def bisect_report(
         raise InputError(f"--rank-by {rank_by} needs layerwise mode")
     ws = ws.batched(source)
     dsp = ws.dsp(source, htp_arch)
-    result = _measure(ws, dsp, source, modes, search_db, progress, ws.batch)
+    result = _measure(ws, dsp, source, modes, search_db, progress, ws.batch, labels)
     dsp_name = f"qnn-htp:v{htp_arch}" if ws.target == QNN_HTP else f"emulate:{ws.profile.name}"
     info = run_info(ws, source, modes, metric, command, ["sim", dsp_name], rank_by)
     findings = findings_for(ws)

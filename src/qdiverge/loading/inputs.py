@@ -237,3 +237,23 @@ def input_source(
     if count == 0:
         raise InputError(f"{p}: holds no samples")
     return InputSource(model, p, count, seed, encodings)
+
+
+def load_labels(path: str | Path, samples: int) -> np.ndarray:
+    """Ground-truth class indices, one per sample, from ``.npy`` (integers) or a text file (one per line)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{p}: labels file not found")
+    if p.suffix == ".npy":
+        labels = _load_array(p)
+    else:
+        try:
+            labels = np.array([int(line) for line in p.read_text(encoding="utf-8").split()], dtype=np.int64)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise InputError(f"{p}: expected one integer class index per line ({exc})") from None
+    labels = np.asarray(labels).reshape(-1)
+    if labels.dtype.kind not in "iu":
+        raise InputError(f"{p}: labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.size < samples:
+        raise InputError(f"{p}: {labels.size} label(s) for {samples} sample(s)")
+    return labels[:samples].astype(np.int64)

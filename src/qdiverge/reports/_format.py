@@ -147,9 +147,24 @@ def concentration_line(report: Report) -> str | None:
     return f"top layer {lead.node} adds {fmt_pct(top)}; the top 5 add {fmt_pct(top5)}"
 
 
+def accuracy_line(report: Report) -> str | None:
+    """Top-1 accuracy against the user's labels, float / sim / DSP side by side."""
+    acc = report.accuracy
+    if not acc:
+        return None
+    dsp = next((e for e in report.run.engines if e != "sim"), "dsp")
+    parts = [
+        f"float {fmt_pct(acc.get('float'))}",
+        f"sim {fmt_pct(acc.get('sim'))}",
+        f"{dsp} {fmt_pct(acc.get('dsp'))}",
+    ]
+    return "top-1 accuracy against --labels: " + ", ".join(parts)
+
+
 def reading_notes(report: Report) -> list[str]:
     """How far to trust the ranking, in words: whether one layer dominates, and whether it reproduces."""
+    accuracy = [line] if (line := accuracy_line(report)) else []
     caution = stability_line(report)
     if caution and caution.startswith("caution"):
-        return [caution]  # the concentration of a noisy ranking means nothing
-    return [line for line in (concentration_line(report), caution) if line]
+        return [*accuracy, caution]  # the concentration of a noisy ranking means nothing
+    return [*accuracy, *(line for line in (concentration_line(report), caution) if line)]

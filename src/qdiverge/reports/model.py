@@ -205,6 +205,8 @@ class Report:
     what_if: tuple[WhatIfResult, ...] = ()
     # split-half rank correlation per ranking ("contribution", "solo"): ~1 reproducible, ~0 sampling noise
     stability: Mapping[str, float] = field(default_factory=dict)
+    # top-1 accuracy against --labels ("float", "sim", "dsp"); empty without labels
+    accuracy: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, path: str | Path) -> Report:
