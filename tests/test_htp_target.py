@@ -140,3 +140,19 @@ def test_cli_bisect_and_run_on_htp(measured, tmp_path):
     assert res.exit_code == 0, res.output
     with np.load(tmp_path / "o.npz") as npz:
         assert set(measured[0].model.outputs) <= set(npz.files)
+
+
+@pytest.mark.htp
+def test_qnn_htp_json_report_on_stdout_is_clean_json():
+    """libQnnHtp prints a banner on file descriptor 1; a JSON report on stdout must still parse."""
+    import json
+    import subprocess
+    import sys
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "mobilenetv3"
+    args = [sys.executable, "-m", "qdiverge", "-q", "bisect", example / "model.onnx", example / "model.encodings",
+            "--config", example / "quantsim_config.json", "--inputs", example / "inputs.npy", "--samples", "1",
+            "--target", "qnn-htp", "--mode", "cumulative", "--format", "json"]  # fmt: skip
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["run"]["target"] == "qnn-htp"

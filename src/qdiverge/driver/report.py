@@ -98,7 +98,7 @@ def run_info(
         model_sha256=ws.model.sha256,
         encodings_path=str(ws.encodings_path or ws.model.path),
         encodings_sha256=file_sha256(ws.encodings_path) or ws.model.sha256,
-        target=ws.profile.name,
+        target="qnn-htp" if ws.target == "qnn-htp" else ws.profile.name,
         target_fields=dataclasses.asdict(ws.profile),
         engines=tuple(engines),
         inputs=source.describe(),

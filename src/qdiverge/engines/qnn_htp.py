@@ -9,7 +9,10 @@ breaks the QDQ node units the EP groups); exposing a tensor can still undo a fus
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -26,6 +29,23 @@ HTP_ARCHS = (68, 69, 73, 75, 79, 81)
 INSTALL_HINT = "install the qnn extra: pip install 'qdiverge[qnn]'"
 
 
+@contextlib.contextmanager
+def _native_stdout_to_stderr():
+    """Send what native code prints to file descriptor 1 to stderr instead.
+
+    libQnnHtp prints a banner on stdout when its first session is built, which would corrupt a report
+    written to stdout (``--format json`` without ``-o``)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def load_qnn() -> ModuleType:
     """The ``onnxruntime_qnn`` module, registered with onnxruntime once per process."""
     try:
@@ -33,7 +53,8 @@ def load_qnn() -> ModuleType:
     except ImportError as exc:
         raise InputError(f"onnxruntime_qnn is not importable; {INSTALL_HINT}") from exc
     if not _ep_devices(qnn.get_ep_name()):
-        ort.register_execution_provider_library(qnn.get_ep_name(), qnn.get_library_path())
+        with _native_stdout_to_stderr():
+            ort.register_execution_provider_library(qnn.get_ep_name(), qnn.get_library_path())
     return qnn
 
 
@@ -54,7 +75,8 @@ def make_htp_session(proto: onnx.ModelProto, htp_arch: int = 73) -> ort.Inferenc
         {"backend_path": qnn.get_qnn_htp_path(), "htp_arch": str(htp_arch)},
     )
     try:
-        return ort.InferenceSession(proto.SerializeToString(), sess_options=options)
+        with _native_stdout_to_stderr():
+            return ort.InferenceSession(proto.SerializeToString(), sess_options=options)
     except Exception as exc:  # ORT raises its own Fail/InvalidGraph/EPFail types
         text = str(exc).strip()
         first = text.splitlines()[0] if text else type(exc).__name__

@@ -78,9 +78,15 @@ def _gap(label: str, m: TensorMetrics | None) -> str:
     return f"{label}: SQNR {fmt_db(m.sqnr_db)}{top1}"
 
 
-def summary_line(out: OutputSummary) -> str:
+def dsp_label(report: Report) -> str:
+    """What ran the DSP side: ``emulator``, ``qnn-htp`` (the real backend) or ``device``."""
+    engine = next((e for e in report.run.engines if e != "sim"), "emulate")
+    return {"emulate": "emulator"}.get(engine.partition(":")[0], engine.partition(":")[0])
+
+
+def summary_line(out: OutputSummary, dsp: str = "emulator") -> str:
     """Both gaps side by side: what the DSP adds on top of the sim, and what quantization costs."""
-    return f"{out.name}: {_gap('emulator vs sim', out.emu_vs_sim)} | {_gap('sim vs float', out.sim_vs_float)}"
+    return f"{out.name}: {_gap(f'{dsp} vs sim', out.emu_vs_sim)} | {_gap('sim vs float', out.sim_vs_float)}"
 
 
 def verdict(report: Report) -> str:

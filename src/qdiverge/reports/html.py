@@ -10,6 +10,7 @@ from html import escape
 from qdiverge.reports import svg
 from qdiverge.reports._format import (
     HEADERS,
+    dsp_label,
     layer_row,
     reading_notes,
     summary_line,
@@ -91,7 +92,7 @@ def render(report: Report, top: int | None = None) -> str:
         f"<style>{_CSS}</style></head><body>",
         f'<h1>qdiverge report</h1><p class="{verdict_cls}"><strong>{escape(verdict(report))}</strong></p>',
         "<ul>"
-        + "".join(f"<li>{escape(summary_line(o))}</li>" for o in report.summary)
+        + "".join(f"<li>{escape(summary_line(o, dsp_label(report)))}</li>" for o in report.summary)
         + "".join(f"<li>{escape(note)}</li>" for note in reading_notes(report))
         + "</ul>",
     ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from qdiverge.reports._format import summary_line
+from qdiverge.reports._format import dsp_label, summary_line
 from qdiverge.reports.model import GateFailure, Report
 
 
@@ -32,7 +32,13 @@ def render(report: Report, top: int | None = None) -> str:
         name = f"{la.rank:04d} {la.node} ({la.op_type}) -> {la.tensor}"
         _case(suite, "qdiverge.layers", name, failures, "")
     final = [f for f in gate.failures if f.scope in ("final", "run")] if gate is not None else []
-    _case(suite, "qdiverge.gate", "final outputs", final, "\n".join(summary_line(o) for o in report.summary))
+    _case(
+        suite,
+        "qdiverge.gate",
+        "final outputs",
+        final,
+        "\n".join(summary_line(o, dsp_label(report)) for o in report.summary),
+    )
     cases = suite.findall("testcase")
     failed = sum(1 for c in cases if c.find("failure") is not None)
     suite.set("tests", str(len(cases)))

@@ -8,6 +8,7 @@ from qdiverge.reports._format import (
     DEFAULT_TOP,
     FINDING_HEADERS,
     HEADERS,
+    dsp_label,
     finding_rows,
     fmt_pct,
     is_check,
@@ -39,7 +40,7 @@ def render(report: Report, top: int | None = DEFAULT_TOP) -> str:
         f" model `{run.model_sha256[:12]}`."
     )
     lines.append("")
-    lines += [f"- {_cell(summary_line(out))}" for out in report.summary]
+    lines += [f"- {_cell(summary_line(out, dsp_label(report)))}" for out in report.summary]
     lines += [f"- {_cell(note)}" for note in reading_notes(report)]
     if is_check(report):
         rows = [[_cell(c) for c in row] for row in finding_rows(report, top)]
@@ -53,7 +54,7 @@ def render(report: Report, top: int | None = DEFAULT_TOP) -> str:
             lines.append(f"\n_{len(report.layers) - len(layers)} more layers in the full report._")
     for w in report.what_if:
         lines += ["", f"**what-if `{_cell(w.spec)}`**", ""]
-        lines += [f"- {_cell(summary_line(out))}" for out in w.summary]
+        lines += [f"- {_cell(summary_line(out, dsp_label(report)))}" for out in w.summary]
         lines += [f"- `{_cell(la.node)}`: {fmt_pct(la.before)} → {fmt_pct(la.after)}" for la in w.layers[:5]]
     if gate is not None and gate.failures:
         lines += ["", "<details><summary>Gate failures</summary>", ""]

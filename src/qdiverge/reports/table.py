@@ -8,6 +8,7 @@ from qdiverge.reports._format import (
     DEFAULT_TOP,
     FINDING_HEADERS,
     HEADERS,
+    dsp_label,
     finding_rows,
     fmt_pct,
     is_check,
@@ -42,7 +43,7 @@ def _what_if(report: Report) -> list[str]:
     lines = []
     for w in report.what_if:
         lines += ["", f"what-if {w.spec}:"]
-        lines += [f"  {summary_line(out)}" for out in w.summary]
+        lines += [f"  {summary_line(out, dsp_label(report))}" for out in w.summary]
         lines += [
             f"  {layer.node}: contribution {fmt_pct(layer.before)} -> {fmt_pct(layer.after)}"
             for layer in w.layers
@@ -57,7 +58,7 @@ def render(report: Report, top: int | None = DEFAULT_TOP) -> str:
     lines = [
         f"qdiverge {report.run.qdiverge_version} | target {report.run.target} | metric {report.run.metric}"
     ]
-    lines += [summary_line(out) for out in report.summary]
+    lines += [summary_line(out, dsp_label(report)) for out in report.summary]
     lines += reading_notes(report)
     if layers:
         lines += ["", tabulate([layer_row(la) for la in layers], headers=HEADERS, disable_numparse=True)]
