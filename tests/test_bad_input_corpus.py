@@ -398,6 +398,6 @@ def test_missing_emulator_kernel_runs_in_float_with_a_visible_flag(tmp_path):
         "run", save(g.build(), tmp_path), write(v100(enc), tmp_path), "--engine", "emulate", "-o", out
     )
     assert result.code == 0, result.stderr
-    assert "FLAG" in result.stderr and "float_fallback" in result.stderr
+    assert "FLAG" in result.stderr and "float fallback" in result.stderr
     assert "no kernel for Sin" in result.stderr
     assert np.load(out)["relu_out"].shape == (1, 1, 4)

@@ -98,3 +98,19 @@ def test_htp_fuses_hardswish_so_nothing_is_derived(tmp_path):
     emu = Emulator(model, enc, load_profile("htp"))
     assert [s.name for s in emu.steps] == ["conv1", "conv2", "flat", "cos"]
     assert emu.steps[1].fused == ["hswish2"] and not emu.steps[1].float_fallback
+
+
+def test_an_activation_missing_from_lut_ops_runs_in_float_and_is_flagged(tmp_path):
+    """``lut.ops`` decides which activations are tables on the target; the others fall back visibly."""
+    import dataclasses
+
+    model, enc = _model(tmp_path)
+    enc.activations["c2"] = encoding_from_range("c2", -3, 3)  # unfused: HardSwish is its own step
+    htp = load_profile("htp")
+    no_fusion = dataclasses.replace(htp, fusions=(("Conv", "Relu"),))
+    as_table = Emulator(model, enc, no_fusion)
+    hswish = next(s for s in as_table.steps if s.name == "hswish2")
+    assert not hswish.float_fallback
+    without = dataclasses.replace(no_fusion, lut=dataclasses.replace(htp.lut, ops=("Sigmoid",)))
+    hswish = next(s for s in Emulator(model, enc, without).steps if s.name == "hswish2")
+    assert hswish.float_fallback and "lut.ops" in hswish.fallback_reason

@@ -49,5 +49,11 @@ def test_labels_from_text_and_bad_label_files(tmp_path):
     with pytest.raises(InputError, match="one integer class index per line"):
         (tmp_path / "words.txt").write_text("cat\ndog\n")
         load_labels(tmp_path / "words.txt", 2)
+    with pytest.raises(InputError, match="one class index per sample"):
+        np.save(tmp_path / "onehot.npy", np.eye(3, dtype=np.int64))
+        load_labels(tmp_path / "onehot.npy", 3)
+    with pytest.raises(InputError, match=">= 0"):
+        np.save(tmp_path / "negative.npy", np.array([1, -3]))
+        load_labels(tmp_path / "negative.npy", 2)
     with pytest.raises(InputError, match="not found"):
         load_labels(tmp_path / "missing.npy", 1)

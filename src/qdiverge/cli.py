@@ -73,7 +73,7 @@ _inputs = _options(
     click.option(
         "--samples",
         default=0,
-        show_default="all, or 4 random",
+        show_default="all with --inputs, else 4 random (run: 1)",
         type=int,
         help="Number of samples to use; random inputs within the input encoding without --inputs.",
     ),
@@ -313,8 +313,9 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
       split       prefix on the emulator, suffix on the sim; rank by the divergence each cut adds
       layerwise   each op fed the sim's quantized inputs: the error the op itself adds, in LSB
       cumulative  emulator vs sim end to end, compared at every tensor
-      search      binary search for the first cut below --search-threshold dB (fast CI gate)
-    Exit codes: 0 gate passed, 1 gate failed, 2 bad input or usage.
+      search      binary search for the first cut where some sample's final-output SQNR falls
+                  below --search-threshold dB (O(log N) suffix runs per sample)
+    Exit codes: 0 gate passed, 1 gate failed, 2 bad input or usage, 3 internal error, 130 interrupted.
     """
     from qdiverge.diagnosis.whatif import parse_what_if
     from qdiverge.driver.bisect import MODES
@@ -352,11 +353,6 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
     _clear_progress(show)
     if thresholds.any or base is not None:
         report = report.with_gate(thresholds, base)
-    if "search" in wanted:
-        found = result.search_first_cut
-        step = next((o for o in result.steps if o.index == found), None) if found is not None else None
-        where = "none" if step is None else f"after {step.node} ({step.op_type}, step {found})"
-        click.echo(f"search: first cut whose final-output SQNR < {search_threshold} dB: {where}", err=True)
     _finish(report, fmt, output, top, start, f"{result.samples} sample(s), {len(result.steps)} layers")
 
 

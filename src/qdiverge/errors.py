@@ -13,9 +13,3 @@ class InputError(QdivergeError):
 
 class UnsupportedError(InputError):
     """The model uses something qdiverge cannot handle at all (exit 2)."""
-
-
-class InternalError(QdivergeError):
-    """A bug in qdiverge (exit 3)."""
-
-    exit_code = 3

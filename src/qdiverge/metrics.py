@@ -23,7 +23,7 @@ Conventions:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -135,9 +135,6 @@ class TensorMetrics:
         """The value of a ``METRICS`` name (``"sqnr"``, ``"max_lsb"``, ...)."""
         return getattr(self, METRICS[metric][0])
 
-    def to_dict(self) -> dict[str, float | int | None]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 def _ratio_db(num: int, den: int) -> float:
     """10 log10(num / den) for positive ints of any size."""
@@ -172,9 +169,12 @@ def _cosine_from(dot: _ExactSum, ref2: _ExactSum, test2: _ExactSum) -> float:
 
 
 def _topk_hits(ref: np.ndarray, test: np.ndarray, k: int) -> tuple[int, int, int]:
-    """(samples, top-1 hits, top-k hits) with the last axis as classes."""
-    if ref.ndim == 0 or ref.shape[-1] == 0:
-        raise InputError(f"top-k agreement needs a class axis; got shape {ref.shape}")
+    """(samples, top-1 hits, top-k hits) with the last non-singleton axis as classes: logits shaped
+    ``(N, C, 1, 1)`` (a 1x1-conv head) have their classes on axis 1, not on the last axis."""
+    while ref.ndim > 1 and ref.shape[-1] == 1:
+        ref, test = ref.reshape(ref.shape[:-1]), test.reshape(test.shape[:-1])
+    if ref.ndim == 0 or ref.shape[-1] <= 1:
+        return 0, 0, 0  # no class axis (a scalar or a regression output): top-k does not apply
     r = ref.reshape(-1, ref.shape[-1])
     t = test.reshape(-1, test.shape[-1])
     want = np.argmax(r, axis=1)[:, None]

@@ -24,7 +24,6 @@ from qdiverge.profiles.schema import Profile
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("float", "sim", "emulate", "htp")
 # per element of every tensor of one sample: the sim's float32 capture plus the emulator's int64 codes
 # (bisect keeps both for the whole graph; other commands keep less, so this errs on the safe side)
 ACTIVATION_BYTES = 12

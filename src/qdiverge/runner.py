@@ -29,7 +29,7 @@ def run_engine(
     flagged: list[str] = []
     if engine in ("emulate", "htp"):
         emu = ws.htp(source, htp_arch) if engine == "htp" else ws.emulator(source)
-        flagged = list(emu.fallback_report()) if engine == "emulate" else []
+        flagged = [_flag_line(entry) for entry in emu.fallback_report()] if engine == "emulate" else []
         for sample in source:
             values = emu.run(sample, keep="all" if dump_all else "outputs")
             for n in names:
@@ -47,3 +47,12 @@ def run_engine(
     arrays = {n: np.stack(v) for n, v in collected.items() if v}
     atomic_write(output, lambda fh: np.savez(fh, **arrays))
     return flagged
+
+
+def _flag_line(entry: dict) -> str:
+    """One line per flagged emulator step: what runs in float, or which encodings the target had to derive."""
+    what = f"float fallback ({entry['float_fallback']})" if entry["float_fallback"] else ""
+    derived = (
+        f"derived encoding for {', '.join(entry['derived_encodings'])}" if entry["derived_encodings"] else ""
+    )
+    return f"{entry['step']} [{entry['ops']}]: " + "; ".join(x for x in (what, derived) if x)

@@ -157,11 +157,6 @@ class CheckContext:
         return name, self.model.initializers.get(name)
 
 
-def is_depthwise(node: Node, weight: np.ndarray | None) -> bool:
-    grouped = node.op_type == "Conv" and int(node.attr("group", 1)) > 1
-    return grouped and weight is not None and weight.shape[1] == 1
-
-
 def per_channel_scale(enc: Encoding, channels: int) -> np.ndarray:
     """Float64 scales of ``enc`` broadcast to ``channels`` output channels."""
     scale = np.asarray(enc.scale, dtype=np.float64).reshape(-1)

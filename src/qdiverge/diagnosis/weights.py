@@ -8,12 +8,12 @@ from qdiverge.diagnosis.context import (
     LINEAR_OPS,
     CheckContext,
     finding,
-    is_depthwise,
     per_channel_scale,
     worst_channels,
 )
 from qdiverge.encodings.schema import Encoding
 from qdiverge.engines.emulator.requant import quantize_float
+from qdiverge.profiles.fusion import is_depthwise
 from qdiverge.reports.model import Finding
 
 
@@ -39,7 +39,7 @@ def per_tensor_weight_collapse(ctx: CheckContext) -> list[Finding]:
         dead = live & ~rows.any(axis=1)
         levels = np.array([np.unique(r).size for r in rows])
         worst = int(np.argmin(np.where(live, levels, np.iinfo(np.int64).max)))
-        kind = "depthwise " if is_depthwise(node, w) else ""
+        kind = "depthwise " if is_depthwise(node, ctx.model) else ""
         found.append(
             finding(
                 "per-tensor-weight-collapse",

@@ -67,9 +67,8 @@ def _step_tensor(step) -> str:
     return step.outputs[-1] if step.outputs else ""
 
 
-def _as_feed(q: QTensor, dtype: np.dtype | None = None) -> np.ndarray:
-    value = q.dequantize()
-    return value.astype(dtype) if dtype is not None and value.dtype != dtype else value
+def _as_feed(q: QTensor) -> np.ndarray:
+    return q.dequantize()
 
 
 def _quantized_view(value: np.ndarray, enc: Encoding | None) -> QTensor:
@@ -77,11 +76,6 @@ def _quantized_view(value: np.ndarray, enc: Encoding | None) -> QTensor:
     if enc is None or enc.is_float or value.dtype.kind != "f":
         return QTensor(codes=value, encoding=None)
     return QTensor(codes=quantize_aimet(value, enc), encoding=enc)
-
-
-def _rows(value: np.ndarray, batch: int) -> int:
-    """Samples in this batch (the last batch may be short): rows of the first output per sample row."""
-    return min(batch, value.shape[0]) if value.ndim else 1
 
 
 def _hits(logits: np.ndarray, truth: np.ndarray) -> int:
@@ -146,7 +140,6 @@ class Bisector:
         solo = [self._final_acc() for _ in steps]
         split_h = [[self._final_acc() for _ in self.cuts] for _ in range(2)]
         solo_h = [[self._final_acc() for _ in steps] for _ in range(2)]
-        batch_no = -1
         correct = {"float": 0, "sim": 0, "dsp": 0}
         final = self._final_acc()
         sim_vs_float = self._final_acc()
@@ -155,7 +148,7 @@ class Bisector:
         first_batch = True
         search_votes: list[int] = []
         for sample in source.batches(batch):
-            batch_no += 1
+            first_sample = samples
             samples = min(samples + batch, source.samples)
             if progress:
                 progress(f"sample {samples}/{source.samples}: sim + emulator")
@@ -166,7 +159,7 @@ class Bisector:
                 final[o].update(sim_vals[o], emu_vals[o].dequantize())
                 sim_vs_float[o].update(float_out[o], sim_vals[o])
             if labels is not None:
-                truth = labels[samples - _rows(sim_vals[self.outputs[0]], batch) : samples]
+                truth = labels[first_sample:samples]
                 first = self.outputs[0]
                 for side, logits in (("float", float_out[first]), ("sim", sim_vals[first])):
                     correct[side] += _hits(logits, truth)
@@ -198,7 +191,7 @@ class Bisector:
                         iso[first + k].update(sim_vals[t], out[t].dequantize())
                     got = self._run_solo(self.cuts[k + 1], out, sim_vals)
                     suffix_runs += 1
-                    self._update_final(solo[k], [h[k] for h in solo_h], sim_vals, got, batch_no)
+                    self._update_final(solo[k], [h[k] for h in solo_h], sim_vals, got, first_sample, batch)
             if "split" in modes:
                 for c, cut in enumerate(self.cuts):
                     if progress and c % 10 == 0:
@@ -207,7 +200,7 @@ class Bisector:
                         continue  # the next usable cut carries this layer's contribution
                     got = self._run_cut(cut, emu_vals)
                     suffix_runs += 1
-                    self._update_final(split[c], [h[c] for h in split_h], sim_vals, got, batch_no)
+                    self._update_final(split[c], [h[c] for h in split_h], sim_vals, got, first_sample, batch)
             if "search" in modes and search_threshold_db is not None:
                 found, runs = self._search(emu_vals, sim_vals, search_threshold_db)
                 suffix_runs += runs
@@ -270,16 +263,19 @@ class Bisector:
             suffix_runs=suffix_runs,
         )
 
-    def _update_final(self, whole, halves, sim_vals, got, batch_no: int) -> None:
-        """Accumulate final outputs into ``whole`` and into the even / odd sample half."""
+    def _update_final(self, whole, halves, sim_vals, got, first_sample: int, batch: int) -> None:
+        """Accumulate final outputs into ``whole`` and, sample by sample, into the even / odd half.
+
+        A batched run stacks ``batch`` samples on axis 0, so each output splits into ``batch`` equal row
+        blocks; sample ``first_sample + j`` goes to half ``(first_sample + j) % 2``."""
         for o in self.outputs:
             ref, test = sim_vals[o], got[o]
             whole[o].update(ref, test)
-            if ref.ndim and ref.shape[0] >= 2:  # samples stacked on axis 0 (batched run): split the rows
-                halves[0][o].update(ref[0::2], test[0::2])
-                halves[1][o].update(ref[1::2], test[1::2])
-            else:
-                halves[batch_no % 2][o].update(ref, test)
+            rows = (
+                zip(np.split(ref, batch), np.split(test, batch), strict=True) if batch > 1 else [(ref, test)]
+            )
+            for j, (r, t) in enumerate(rows):
+                halves[(first_sample + j) % 2][o].update(r, t)
 
     def _prepare_cuts(self, emu_vals: dict[str, QTensor]) -> None:
         """Build every cut's suffix session up front, in parallel (the values only give the dtypes)."""
@@ -352,12 +348,21 @@ def _increments(result: BisectResult, metric: str) -> list[float | None]:
     return steps
 
 
+def _average_ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks with ties sharing their mean rank (as Spearman's coefficient defines them)."""
+    v = np.asarray(values, dtype=np.float64)
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v))
+    ranks[order] = np.arange(len(v), dtype=np.float64)
+    _, tie_group = np.unique(v, return_inverse=True)
+    return np.bincount(tie_group, ranks)[tie_group] / np.bincount(tie_group)[tie_group]
+
+
 def _rank_correlation(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman's rank correlation (ties broken by position); nan when either side is constant."""
-    ra = np.argsort(np.argsort(np.asarray(a, dtype=np.float64), kind="stable"), kind="stable")
-    rb = np.argsort(np.argsort(np.asarray(b, dtype=np.float64), kind="stable"), kind="stable")
-    if len(ra) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+    """Spearman's rank correlation (average ranks for ties); nan when either side is constant."""
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return math.nan
+    ra, rb = _average_ranks(a), _average_ranks(b)
     return float(np.corrcoef(ra, rb)[0, 1])
 
 

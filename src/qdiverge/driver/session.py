@@ -73,7 +73,8 @@ def bisect_report(
         raise InputError("--what-if needs split mode (it compares per-layer contributions)")
     if rank_by in ("solo", "isolated") and "layerwise" not in modes:
         raise InputError(f"--rank-by {rank_by} needs layerwise mode")
-    ws = ws.batched(source)
+    if "search" not in modes:  # search votes per sample (the earliest cut any sample crosses)
+        ws = ws.batched(source)
     dsp = ws.dsp(source, htp_arch)
     result = _measure(ws, dsp, source, modes, search_db, progress, ws.batch, labels)
     dsp_name = f"qnn-htp:v{htp_arch}" if ws.target == QNN_HTP else f"emulate:{ws.profile.name}"
@@ -81,6 +82,15 @@ def bisect_report(
     findings = findings_for(ws)
     why = lambda o: _why(findings, o)  # noqa: E731
     report = build_report(result, info, ws.model.outputs, metric, why=why, rank_by=rank_by)
+    if "search" in modes:
+        found = result.search_first_cut
+        step = next((o for o in result.steps if o.index == found), None) if found is not None else None
+        search = {
+            "threshold_db": float(search_db or 0.0),
+            "first_layer": step.node if step else "",
+            "step": found,
+        }
+        report = dataclasses.replace(report, search={k: v for k, v in search.items() if v is not None})
     if changes:
         what_if = tuple(run_what_if(ws, source, c, result, metric) for c in changes)
         report = dataclasses.replace(report, what_if=what_if)

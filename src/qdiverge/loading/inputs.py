@@ -251,9 +251,17 @@ def load_labels(path: str | Path, samples: int) -> np.ndarray:
             labels = np.array([int(line) for line in p.read_text(encoding="utf-8").split()], dtype=np.int64)
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             raise InputError(f"{p}: expected one integer class index per line ({exc})") from None
-    labels = np.asarray(labels).reshape(-1)
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise InputError(
+            f"{p}: labels must be one class index per sample (shape (N,)), got shape {labels.shape}"
+        )
     if labels.dtype.kind not in "iu":
         raise InputError(f"{p}: labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise InputError(f"{p}: labels must be class indices >= 0, found {labels.min()}")
     if labels.size < samples:
         raise InputError(f"{p}: {labels.size} label(s) for {samples} sample(s)")
     return labels[:samples].astype(np.int64)

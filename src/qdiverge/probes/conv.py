@@ -117,9 +117,6 @@ def near_tie_accs(m: Fraction, limit: int, count: int, rng: np.random.Generator)
     return np.concatenate([near, rng.integers(-limit, limit, size=count)])
 
 
-U8 = QParams(1.0, 128, "uint8")
-
-
 def _u8(codes: np.ndarray) -> np.ndarray:
     """int8-centred codes as uint8 codes with zero point 128."""
     return (np.asarray(codes, np.int64) + 128).astype(np.uint8)

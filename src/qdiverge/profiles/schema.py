@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 ROUNDINGS = ("half_up", "half_away", "half_even", "floor", "trunc")
 MULTIPLIERS = ("q31", "q31_unnormalized", "q15", "q15_truncated", "q12_prescaled", "float32", "float64")
 # non-linear activations integer targets evaluate as a table from input code to output code
-LUT_ACTIVATIONS = ("HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Erf", "Gelu", "Exp", "Elu", "Softplus")
+LUT_ACTIVATIONS = (
+    "HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Erf", "Gelu", "Exp", "Elu", "Softplus", "Sqrt", "Log",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

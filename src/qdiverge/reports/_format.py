@@ -167,9 +167,17 @@ def accuracy_line(report: Report) -> str | None:
     return "top-1 accuracy against --labels: " + ", ".join(parts)
 
 
+def search_line(report: Report) -> str | None:
+    """Where search mode stopped."""
+    if not report.search:
+        return None
+    where = report.search.get("first_layer") or "no layer"
+    return f"search: first cut where a sample's final-output SQNR < {report.search['threshold_db']} dB: after {where}"
+
+
 def reading_notes(report: Report) -> list[str]:
     """How far to trust the ranking, in words: whether one layer dominates, and whether it reproduces."""
-    accuracy = [line] if (line := accuracy_line(report)) else []
+    accuracy = [line for line in (accuracy_line(report), search_line(report)) if line]
     caution = stability_line(report)
     if caution and caution.startswith("caution"):
         return [*accuracy, caution]  # the concentration of a noisy ranking means nothing

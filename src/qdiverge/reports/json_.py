@@ -265,6 +265,7 @@ def report_from_dict(data: Any) -> Report:
         layers=tuple(_layer(x, f"layers[{i}]") for i, x in enumerate(layers)),
         gate=_gate(_get(data, "gate", "report"), "gate"),
         what_if=tuple(what_if),
+        search=dict(_typed(data.get("search", {}), dict, "search")),
         accuracy={
             str(k): _float(v, f"accuracy.{k}")
             for k, v in _typed(data.get("accuracy", {}), dict, "accuracy").items()

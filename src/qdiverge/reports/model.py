@@ -207,6 +207,8 @@ class Report:
     stability: Mapping[str, float] = field(default_factory=dict)
     # top-1 accuracy against --labels ("float", "sim", "dsp"); empty without labels
     accuracy: Mapping[str, float] = field(default_factory=dict)
+    # search mode: {"threshold_db", "first_layer" (node or ""), "step"}; empty without search
+    search: Mapping[str, float | int | str] = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, path: str | Path) -> Report:

@@ -164,11 +164,6 @@ def srdhm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where((a == INT32_MIN) & (b == INT32_MIN), INT32_MAX, high)
 
 
-def rdbypot(x: np.ndarray, exponent: np.ndarray | int) -> np.ndarray:
-    """gemmlowp ``RoundingDivideByPOT``: ``x / 2^exponent`` rounded half away from zero."""
-    return rounding_right_shift(x, exponent, "half_away")
-
-
 def mbqm_double(x: np.ndarray, qm: np.ndarray, shift: np.ndarray, rounding: str = "half_away") -> np.ndarray:
     """TFLite ``MultiplyByQuantizedMultiplier``, default (double-rounding) build.
 

@@ -131,7 +131,7 @@ def apply_requant(
     if p.form == "q12_prescaled":
         y = fx.prescaled_requant(x, mult, right - left, p.rounding)
     elif p.form == "q31" and p.double_rounding:
-        y = fx.rounding_right_shift(fx.srdhm(fx.wrap_int32(x << left), mult), right, p.rounding)
+        y = fx.mbqm_double(x, mult, left - right, p.rounding)  # left = max(shift, 0), right = max(-shift, 0)
     elif p.form in ("float32", "float64"):
         y = fx.round_to_int(
             x.astype(mult.dtype) * mult, p.rounding

@@ -20,7 +20,7 @@ onnxruntime, unflagged: they are shape computations, not arithmetic the target a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -407,10 +407,4 @@ class Emulator:
             }
             for s in self.steps
             if s.float_fallback or s.derived_encodings
-        ]
-
-    def describe(self) -> Sequence[str]:
-        return [
-            f"{s.name}: {'+'.join(n.op_type for n in s.nodes)} {' '.join((*s.flags, s.note))}".rstrip()
-            for s in self.steps
         ]

@@ -127,10 +127,17 @@ def prepare_table(b: Binding) -> Table:
 
 @kernel("HardSwish", "HardSigmoid", "Sigmoid", "Tanh", "Erf", "Gelu", "Exp", "Elu", "Softplus", "Sqrt", "Log")
 class LutActivation:
-    """Every op here is a table; ``profile.lut`` says how the table is built (there is no other scheme)."""
+    """Every op here is a table; ``profile.lut`` says how the table is built (there is no other scheme).
+
+    An op the profile does not list in ``lut.ops`` has no integer form on that target: it runs in float
+    between dequantize and quantize, and is flagged."""
 
     @staticmethod
     def prepare(b: Binding) -> Table:
+        if b.node.op_type not in b.profile.lut.ops:
+            raise Unsupported(
+                f"{b.node.op_type} is not a table activation on target {b.profile.name} (lut.ops)"
+            )
         return prepare_table(b)
 
     @staticmethod
