@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from qdiverge.driver.bisect import Bisector, rank
+from qdiverge.driver.bisect import Bisector
+from qdiverge.driver.ranking import rank
 from qdiverge.engines.qtensor import QTensor
 from qdiverge.loading.inputs import input_source
 from qdiverge.pipeline import open_workspace

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from qdiverge.driver.bisect import RANK_BY, rank
+from qdiverge.driver.ranking import RANK_BY, rank
 from qdiverge.driver.session import bisect_report
 from qdiverge.loading.inputs import input_source
 from qdiverge.metrics import compare

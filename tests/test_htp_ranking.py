@@ -21,7 +21,7 @@ import pytest
 from fault_models import Case, bisect_json, fault_case
 from onnx import numpy_helper
 
-from qdiverge.driver.bisect import RANK_BY
+from qdiverge.driver.ranking import RANK_BY
 
 pytest.importorskip("onnxruntime_qnn")
 pytestmark = pytest.mark.htp

@@ -9,7 +9,8 @@ import numpy as np
 from fault_models import fault_case, run_cli
 from test_reports import _metrics, make_report
 
-from qdiverge.driver.bisect import BisectResult, ranking_stability
+from qdiverge.driver.bisect import BisectResult
+from qdiverge.driver.ranking import ranking_stability
 from qdiverge.reports import render
 
 

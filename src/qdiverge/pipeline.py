@@ -104,8 +104,8 @@ class Workspace:
 
         Small models spend most of a run in per-op dispatch, so one call for ``b`` samples costs about as
         much as one call for one sample. ``b`` is the largest divisor of the sample count up to ``limit``;
-        the batched graph is trusted only after the sim and the emulator reproduce the per-sample runs of
-        the first batch exactly, every tensor (a Reshape to a constant shape, say, would not).
+        the batched graph is trusted only after the sim, the float model and the emulator reproduce the
+        per-sample runs of the first batch exactly, every tensor (a Reshape to a constant shape, say, would not).
         """
         limit = MAX_BATCH if limit is None else limit
         size = max(d for d in range(1, min(limit, source.samples) + 1) if source.samples % d == 0)
@@ -129,10 +129,14 @@ class Workspace:
         emu, emu1 = self.emulator(source), single.emulator(source)
         names = sorted({t for s in emu1.steps for t in s.outputs} | set(single.model.outputs))
         sim_b = self.sim().run(batch, capture=names)
+        float_b = self.float().run(batch)
         codes_b = emu.run(batch, keep="all")
         for i in range(size):
             sample = {k: np.split(v, size)[i] for k, v in batch.items()}
             sim_1 = single.sim().run(sample, capture=names)
+            float_1 = single.float().run(sample)
+            if any(not np.array_equal(np.split(float_b[o], size)[i], v) for o, v in float_1.items()):
+                return False
             codes_1 = emu1.run(sample, keep="all")
             for name in names:
                 rows = sim_1[name].shape[0]

@@ -8,7 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from qdiverge import __version__
-from qdiverge.driver.bisect import BisectResult, StepOutcome, rank, ranking_stability
+from qdiverge.driver.bisect import BisectResult, StepOutcome
+from qdiverge.driver.ranking import rank, ranking_stability
 from qdiverge.reports.model import (
     FLAG_DERIVED_ENCODING,
     FLAG_FLOAT_FALLBACK,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from qdiverge.diagnosis.whatif import WhatIf
-from qdiverge.driver.bisect import Bisector, BisectResult, divergence_added, rank
+from qdiverge.driver.bisect import Bisector, BisectResult
+from qdiverge.driver.ranking import divergence_added, rank
 from qdiverge.driver.report import output_summary
 from qdiverge.loading.inputs import InputSource
 from qdiverge.pipeline import Workspace
