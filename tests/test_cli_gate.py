@@ -91,15 +91,11 @@ def test_top1_limit_outside_zero_one_is_an_input_error(cases):
     assert code == 2 and "[0, 1]" in err
 
 
-def test_limit_on_an_unknown_tensor_fails_the_gate(cases):
-    code, report = gate_json(cases["clean"], "--fail-over-lsb", "1000", "--fail-over-lsb", "nosuch:3")
-    assert code == 1
-    assert [(f["kind"], f["tensor"]) for f in report["gate"]["failures"]] == [("empty", "nosuch")]
-    # with only that limit nothing at all is checked, which fails too
-    code, report = gate_json(cases["clean"], "--fail-over-lsb", "nosuch:3")
-    assert code == 1
-    kinds = {(f["kind"], f["tensor"]) for f in report["gate"]["failures"]}
-    assert kinds == {("empty", "nosuch"), ("empty", "")}
+def test_limit_on_an_unknown_tensor_is_a_usage_error(cases):
+    """A typo in a gate's tensor name stops the run before any work, with exit 2 and the name."""
+    code, _, err = bisect(cases["clean"], "--fail-over-lsb", "1000", "--fail-over-lsb", "nosuch:3")
+    assert code == 2
+    assert err.strip().splitlines()[-1] == "error: --fail-over-lsb: no tensor named 'nosuch' in the model"
 
 
 # ---- top-1 ---------------------------------------------------------------------------------------

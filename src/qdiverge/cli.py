@@ -250,6 +250,18 @@ def _command() -> list[str]:
     return ["qdiverge", *sys.argv[1:]]
 
 
+def _check_limit_names(thresholds, tensors: set[str]) -> None:
+    """A gate limit naming a tensor the model does not have is a typo: say so before any work."""
+    for option, table in (
+        ("--fail-under-sqnr", thresholds.sqnr_db),
+        ("--fail-over-lsb", thresholds.max_lsb),
+        ("--fail-under-top1", thresholds.top1),
+    ):
+        unknown = sorted(name for name in table if name and name not in tensors)
+        if unknown:
+            raise InputError(f"{option}: no tensor named {', '.join(map(repr, unknown))} in the model")
+
+
 def _finish(report, fmt: str, output: Path | None, top: int, start: float, details: str) -> None:
     """Write the report, then turn the gate verdict into the last line and the exit code."""
     from qdiverge.reports import write_report
@@ -334,6 +346,7 @@ def bisect(ctx, model, encodings, config, target, input_shapes, inputs, samples,
     base = Report.from_json(baseline) if baseline else None
     changes = [parse_what_if(spec) for spec in what_if]
     ws = _workspace(model, encodings, config, target, input_shapes)
+    _check_limit_names(thresholds, ws.model.tensor_names)
     source = _source(ws, inputs, samples, seed)
     show = not ctx.obj["quiet"]
     truth = load_labels(labels, source.samples) if labels else None
