@@ -49,7 +49,8 @@ def why_text(layer: LayerResult, width: int = 60) -> str:
     return elide(f"{layer.why[0].rule}: {layer.why[0].message}", width) + more
 
 
-def layer_row(layer: LayerResult, width: int = 40) -> list[str]:
+def layer_row(layer: LayerResult, width: int = 40, split: bool = True) -> list[str]:
+    """A table row; ``split=False`` (no split mode ran) shows contributions as not measured."""
     iso = layer.isolated
     cum = layer.cumulative
     return [
@@ -57,7 +58,7 @@ def layer_row(layer: LayerResult, width: int = 40) -> list[str]:
         elide(layer.node, width),
         layer.op_type,
         elide(layer.tensor, width),
-        fmt_pct(layer.contribution),
+        fmt_pct(layer.contribution) if split else "-",
         fmt_db(layer.solo.sqnr_db if layer.solo else None),
         fmt_num(iso.max_lsb if iso else None),
         fmt_db(cum.sqnr_db if cum else None),

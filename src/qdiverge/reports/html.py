@@ -69,7 +69,10 @@ def render(report: Report, top: int | None = None) -> str:
         ),
     ]
     failed = {f.tensor for f in gate.failures if f.scope == "layer"} if gate is not None else set()
-    rows = [(layer_row(la, width=60), la.tensor in failed) for la in top_layers(report, top)]
+    rows = [
+        (layer_row(la, width=60, split="split" in report.run.modes), la.tensor in failed)
+        for la in top_layers(report, top)
+    ]
     meta = [
         ("qdiverge", run.qdiverge_version),
         ("command", " ".join(run.command)),

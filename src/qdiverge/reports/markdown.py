@@ -48,7 +48,7 @@ def render(report: Report, top: int | None = DEFAULT_TOP) -> str:
         return "\n".join(lines) + "\n"
     layers = top_layers(report, top)
     if layers:
-        rows = [[_cell(c) for c in layer_row(la)] for la in layers]
+        rows = [[_cell(c) for c in layer_row(la, split="split" in report.run.modes)] for la in layers]
         lines += ["", tabulate(rows, headers=HEADERS, tablefmt="github", disable_numparse=True)]
         if len(layers) < len(report.layers):
             lines.append(f"\n_{len(report.layers) - len(layers)} more layers in the full report._")

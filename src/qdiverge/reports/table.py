@@ -61,7 +61,14 @@ def render(report: Report, top: int | None = DEFAULT_TOP) -> str:
     lines += [summary_line(out, dsp_label(report)) for out in report.summary]
     lines += reading_notes(report)
     if layers:
-        lines += ["", tabulate([layer_row(la) for la in layers], headers=HEADERS, disable_numparse=True)]
+        lines += [
+            "",
+            tabulate(
+                [layer_row(la, split="split" in report.run.modes) for la in layers],
+                headers=HEADERS,
+                disable_numparse=True,
+            ),
+        ]
     if len(layers) < len(report.layers):
         lines.append(f"({len(report.layers) - len(layers)} more layers; --top to show more)")
     lines += _what_if(report)
