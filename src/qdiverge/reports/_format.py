@@ -95,7 +95,7 @@ def verdict(report: Report) -> str:
     if gate is None:
         return "gate: no thresholds given"
     if gate.passed:
-        return f"gate: PASSED ({gate.checks} checks)"
+        return f"gate: PASSED ({gate.checks} check{'' if gate.checks == 1 else 's'})"
     return f"gate: FAILED ({len(gate.failures)} of {gate.checks} checks)"
 
 
