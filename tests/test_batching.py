@@ -13,8 +13,10 @@ from qdiverge.loading.model import load_model
 from qdiverge.pipeline import open_workspace
 
 
-def _bisect(case, *extra: str) -> dict:
-    code, out, err = run_cli("-q", "bisect", *case.args(), "--samples", "8", "--format", "json", *extra)
+def _bisect(case, *extra: str, samples: int = 8) -> dict:
+    code, out, err = run_cli(
+        "-q", "bisect", *case.args(), "--samples", str(samples), "--format", "json", *extra
+    )
     assert code == 0, err
     return json.loads(out)
 
@@ -54,5 +56,24 @@ def test_batches_stack_samples_in_order(tmp_path):
     np.save(tmp_path / "x.npy", data)
     source = input_source(load_model(path), tmp_path / "x.npy", 0, 0)
     batches = list(source.batches(2))
-    assert [b["input"].shape[0] for b in batches] == [2, 2, 1]
-    assert np.array_equal(np.concatenate([b["input"] for b in batches]), data.reshape(5, 3, 8, 8))
+    assert [(b["input"].shape[0], real) for b, real in batches] == [(2, 2), (2, 2), (2, 1)]
+    stacked = np.concatenate([b["input"][:real] for b, real in batches])
+    assert np.array_equal(stacked, data.reshape(5, 3, 8, 8))
+    assert np.array_equal(batches[-1][0]["input"][1], data[4, 0])  # the padding repeats the last sample
+
+
+def test_a_padded_last_batch_is_never_measured(tmp_path, monkeypatch):
+    """5 samples in batches of 2 (the last one padded) give exactly the per-sample results."""
+    case = fault_case(tmp_path, "saturate")
+    monkeypatch.setattr("qdiverge.pipeline.MAX_BATCH", 2)
+    padded = _bisect(case, "--labels", _labels(tmp_path, 5), samples=5)
+    monkeypatch.setattr("qdiverge.pipeline.MAX_BATCH", 1)
+    single = _bisect(case, "--labels", _labels(tmp_path, 5), samples=5)
+    for key in ("layers", "summary", "accuracy", "stability"):
+        assert padded[key] == single[key], key
+
+
+def _labels(tmp_path, n: int) -> str:
+    path = tmp_path / "labels.txt"
+    path.write_text("\n".join(str(i % 10) for i in range(n)))
+    return str(path)

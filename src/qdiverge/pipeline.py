@@ -73,7 +73,7 @@ class Workspace:
             ranges: dict[str, tuple[float, float]] = {}
             if not names:
                 return ranges
-            for sample in source.batches(self.batch):
+            for sample, _ in source.batches(self.batch):  # padding repeats a sample: min/max unchanged
                 values = self.sim().run_raw(sample, names)
                 for name, value in values.items():
                     lo, hi = float(np.min(value)), float(np.max(value))
@@ -103,12 +103,15 @@ class Workspace:
         """A workspace running ``b`` samples per engine call if that gives bit-identical results, else self.
 
         Small models spend most of a run in per-op dispatch, so one call for ``b`` samples costs about as
-        much as one call for one sample. ``b`` is the largest divisor of the sample count up to ``limit``;
+        much as one call for one sample. ``b`` is at most ``limit``; a short last batch is padded (and the
+        padding never measured);
         the batched graph is trusted only after the sim, the float model and the emulator reproduce the
         per-sample runs of the first batch exactly, every tensor (a Reshape to a constant shape, say, would not).
         """
         limit = MAX_BATCH if limit is None else limit
-        size = max(d for d in range(1, min(limit, source.samples) + 1) if source.samples % d == 0)
+        # as few calls as possible, then as little padding: 37 samples run as 19 + 18 (one padded)
+        calls = -(-source.samples // max(limit, 1))
+        size = -(-source.samples // calls)
         if size == 1 or self.target == QNN_HTP or self.batch != 1:
             return self
         try:
@@ -116,7 +119,7 @@ class Workspace:
         except InputError:
             return self
         candidate = dataclasses.replace(self, model=model, batch=size, _engines={})
-        first = next(source.batches(size))
+        first, _ = next(source.batches(size))
         try:
             same = candidate._reproduces(self, source, first, size)
         except Exception:  # any failure of the batched graph means: run per sample

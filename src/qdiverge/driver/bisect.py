@@ -77,6 +77,13 @@ def _quantized_view(value: np.ndarray, enc: Encoding | None) -> QTensor:
     return QTensor(codes=quantize_aimet(value, enc), encoding=enc)
 
 
+def _real_rows(real: int, batch: int):
+    """A function keeping the rows of the ``real`` leading samples of a padded batch (identity when full)."""
+    if real == batch:
+        return lambda a: a
+    return lambda a: np.asarray(a)[: real * (np.asarray(a).shape[0] // batch)]
+
+
 def _hits(logits: np.ndarray, truth: np.ndarray) -> int:
     """How many samples' arg-max class (last axis) equals ``truth``; one row of logits per sample."""
     predicted = np.asarray(logits).reshape(len(truth), -1).argmax(axis=1)
@@ -131,28 +138,29 @@ class Bisector:
         samples = suffix_runs = 0
         first_batch = True
         search_votes: list[int] = []
-        for sample in source.batches(batch):
+        for sample, real in source.batches(batch):
             first_sample = samples
-            samples = min(samples + batch, source.samples)
+            samples += real
+            keep = _real_rows(real, batch)
             if progress:
                 progress(f"sample {samples}/{source.samples}: sim + emulator")
             sim_vals = self.sim.run(sample, capture=captured)
             emu_vals = self.emu.run(sample, keep="all")
             float_out = self.float.run(sample)
             for o in self.outputs:
-                final[o].update(sim_vals[o], emu_vals[o].dequantize())
-                sim_vs_float[o].update(float_out[o], sim_vals[o])
+                final[o].update(keep(sim_vals[o]), keep(emu_vals[o].dequantize()))
+                sim_vs_float[o].update(keep(float_out[o]), keep(sim_vals[o]))
             if labels is not None:
                 truth = labels[first_sample:samples]
                 first = self.outputs[0]
                 for side, logits in (("float", float_out[first]), ("sim", sim_vals[first])):
-                    correct[side] += _hits(logits, truth)
-                correct["dsp"] += _hits(emu_vals[first].dequantize(), truth)
+                    correct[side] += _hits(keep(logits), truth)
+                correct["dsp"] += _hits(keep(emu_vals[first].dequantize()), truth)
             for i, t in enumerate(inputs):  # input quantization is its own "layer"
                 if t not in emu_vals:  # a DSP side that cannot expose it (qnn-htp)
                     continue
-                iso[i].update(sim_vals[t], emu_vals[t].dequantize())
-                cum[i].update(sim_vals[t], emu_vals[t].dequantize())
+                iso[i].update(keep(sim_vals[t]), keep(emu_vals[t].dequantize()))
+                cum[i].update(keep(sim_vals[t]), keep(emu_vals[t].dequantize()))
             if first_batch and ("split" in modes or "layerwise" in modes):
                 self._prepare_cuts(emu_vals)
             first_batch = False
@@ -161,7 +169,7 @@ class Bisector:
                 for k, s in enumerate(steps):
                     t = _step_tensor(s)
                     if t in emu_vals and t in sim_vals:
-                        cum[first + k].update(sim_vals[t], emu_vals[t].dequantize())
+                        cum[first + k].update(keep(sim_vals[t]), keep(emu_vals[t].dequantize()))
             if "layerwise" in modes:
                 for k, s in enumerate(steps):
                     feeds = {
@@ -172,10 +180,12 @@ class Bisector:
                     out = self.emu.run_step(s, feeds)
                     t = _step_tensor(s)
                     if t in out and t in sim_vals:
-                        iso[first + k].update(sim_vals[t], out[t].dequantize())
+                        iso[first + k].update(keep(sim_vals[t]), keep(out[t].dequantize()))
                     got = self._run_solo(self.cuts[k + 1], out, sim_vals)
                     suffix_runs += 1
-                    self._update_final(solo[k], [h[k] for h in solo_h], sim_vals, got, first_sample, batch)
+                    self._update_final(
+                        solo[k], [h[k] for h in solo_h], sim_vals, got, first_sample, batch, real
+                    )
             if "split" in modes:
                 for c, cut in enumerate(self.cuts):
                     if progress and c % 10 == 0:
@@ -184,9 +194,11 @@ class Bisector:
                         continue  # the next usable cut carries this layer's contribution
                     got = self._run_cut(cut, emu_vals)
                     suffix_runs += 1
-                    self._update_final(split[c], [h[c] for h in split_h], sim_vals, got, first_sample, batch)
+                    self._update_final(
+                        split[c], [h[c] for h in split_h], sim_vals, got, first_sample, batch, real
+                    )
             if "search" in modes and search_threshold_db is not None:
-                found, runs = self._search(emu_vals, sim_vals, search_threshold_db)
+                found, runs = self._search(emu_vals, sim_vals, search_threshold_db)  # unbatched: real == 1
                 suffix_runs += runs
                 if found is not None:
                     search_votes.append(found)
@@ -247,17 +259,20 @@ class Bisector:
             suffix_runs=suffix_runs,
         )
 
-    def _update_final(self, whole, halves, sim_vals, got, first_sample: int, batch: int) -> None:
+    def _update_final(self, whole, halves, sim_vals, got, first_sample: int, batch: int, real: int) -> None:
         """Accumulate final outputs into ``whole`` and, sample by sample, into the even / odd half.
 
         A batched run stacks ``batch`` samples on axis 0, so each output splits into ``batch`` equal row
-        blocks; sample ``first_sample + j`` goes to half ``(first_sample + j) % 2``."""
+        blocks, of which the first ``real`` are samples (the rest pad a short last batch); sample
+        ``first_sample + j`` goes to half ``(first_sample + j) % 2``."""
         for o in self.outputs:
             ref, test = sim_vals[o], got[o]
-            whole[o].update(ref, test)
             rows = (
-                zip(np.split(ref, batch), np.split(test, batch), strict=True) if batch > 1 else [(ref, test)]
+                list(zip(np.split(ref, batch), np.split(test, batch), strict=True))[:real]
+                if batch > 1
+                else [(ref, test)]
             )
+            whole[o].update(np.concatenate([r for r, _ in rows]), np.concatenate([t for _, t in rows]))
             for j, (r, t) in enumerate(rows):
                 halves[(first_sample + j) % 2][o].update(r, t)
 

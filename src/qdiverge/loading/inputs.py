@@ -38,16 +38,20 @@ class InputSource:
             return f"random (seed {self.seed}, {self.samples} samples, within input encodings)"
         return f"{self.path} ({self.samples} samples)"
 
-    def batches(self, size: int) -> Iterator[Sample]:
-        """Samples ``size`` at a time, concatenated along the first axis (the last batch may be smaller)."""
+    def batches(self, size: int) -> Iterator[tuple[Sample, int]]:
+        """``(batch, real)``: samples ``size`` at a time, concatenated along the first axis.
+
+        Engines built for a fixed batch need every batch full, so a short last batch is padded by repeating its
+        last sample; ``real`` says how many leading samples are real (the rest must not be measured)."""
         pending: list[Sample] = []
         for sample in self:
             pending.append(sample)
             if len(pending) == size:
-                yield _stack(pending)
+                yield _stack(pending), size
                 pending = []
         if pending:
-            yield _stack(pending)
+            real = len(pending)
+            yield _stack(pending + [pending[-1]] * (size - real)), real
 
     def __iter__(self) -> Iterator[Sample]:
         if self.path is None:
