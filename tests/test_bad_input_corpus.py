@@ -401,3 +401,9 @@ def test_missing_emulator_kernel_runs_in_float_with_a_visible_flag(tmp_path):
     assert "FLAG" in result.stderr and "float fallback" in result.stderr
     assert "no kernel for Sin" in result.stderr
     assert np.load(out)["relu_out"].shape == (1, 1, 4)
+
+
+def test_negative_top_is_a_usage_error(tmp_path):
+    model, enc = save(small_net(), tmp_path), write(v100(SMALL_NET), tmp_path)
+    result = qdiverge("check", model, enc, "--top", "-1")
+    assert result.code == 2 and "--top" in result.stderr and "Traceback" not in result.stderr

@@ -204,7 +204,11 @@ def _clear_progress(enabled: bool) -> None:
 def _report_options(top: int):
     return _options(
         click.option(
-            "--top", type=int, default=top, show_default=True, help="Rows in table/markdown output."
+            "--top",
+            type=click.IntRange(min=0),
+            default=top,
+            show_default=True,
+            help="Rows in table/markdown output.",
         ),
         click.option(
             "--format",
