@@ -134,20 +134,22 @@ class Workspace:
         sim_b = self.sim().run(batch, capture=names)
         float_b = self.float().run(batch)
         codes_b = emu.run(batch, keep="all")
+
+        def row(value: np.ndarray, i: int) -> np.ndarray:  # sample i's rows of a batched array
+            rows = value.shape[0] // size
+            return value[i * rows : (i + 1) * rows]
+
         for i in range(size):
-            sample = {k: np.split(v, size)[i] for k, v in batch.items()}
-            sim_1 = single.sim().run(sample, capture=names)
+            sample = {k: row(v, i) for k, v in batch.items()}
             float_1 = single.float().run(sample)
-            if any(not np.array_equal(np.split(float_b[o], size)[i], v) for o, v in float_1.items()):
+            if any(not np.array_equal(row(float_b[o], i), v) for o, v in float_1.items()):
                 return False
+            sim_1 = single.sim().run(sample, capture=names)
             codes_1 = emu1.run(sample, keep="all")
             for name in names:
-                rows = sim_1[name].shape[0]
-                if not np.array_equal(sim_b[name][i * rows : (i + 1) * rows], sim_1[name]):
+                if not np.array_equal(row(sim_b[name], i), sim_1[name]):
                     return False
-                if name in codes_1 and not np.array_equal(
-                    codes_b[name].codes[i * rows : (i + 1) * rows], codes_1[name].codes
-                ):
+                if name in codes_1 and not np.array_equal(row(codes_b[name].codes, i), codes_1[name].codes):
                     return False
         return True
 

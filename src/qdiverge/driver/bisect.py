@@ -66,10 +66,6 @@ def _step_tensor(step) -> str:
     return step.outputs[-1] if step.outputs else ""
 
 
-def _as_feed(q: QTensor) -> np.ndarray:
-    return q.dequantize()
-
-
 def _quantized_view(value: np.ndarray, enc: Encoding | None) -> QTensor:
     """The codes the sim holds for ``value`` (exact when ``value`` is on ``enc``'s grid)."""
     if enc is None or enc.is_float or value.dtype.kind != "f":
@@ -272,7 +268,10 @@ class Bisector:
                 if batch > 1
                 else [(ref, test)]
             )
-            whole[o].update(np.concatenate([r for r, _ in rows]), np.concatenate([t for _, t in rows]))
+            if real == batch:
+                whole[o].update(ref, test)
+            else:  # a padded last batch: only the real samples' rows
+                whole[o].update(np.concatenate([r for r, _ in rows]), np.concatenate([t for _, t in rows]))
             for j, (r, t) in enumerate(rows):
                 halves[(first_sample + j) % 2][o].update(r, t)
 
@@ -290,7 +289,7 @@ class Bisector:
         return self.sim.run_suffix(feeds, self.outputs)
 
     def _run_cut(self, cut: Cut, emu_vals: dict[str, QTensor]) -> dict[str, np.ndarray]:
-        feeds = {t: _as_feed(emu_vals[t]) for t in cut.live}
+        feeds = {t: emu_vals[t].dequantize() for t in cut.live}
         return self.sim.run_suffix(feeds, self.outputs)
 
     def _search(self, emu_vals, sim_vals, threshold_db: float) -> tuple[int | None, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection, Iterable, Mapping
 from typing import Protocol
 
@@ -24,17 +25,35 @@ class Engine(Protocol):
         ...
 
 
+_SHARED_ARENA = False
+
+
+def _register_shared_arena() -> None:
+    """One memory arena for every session that asks for it: a per-session arena would keep each node's
+    largest buffers for good (2x the peak RSS), and no arena costs page faults on every large buffer."""
+    global _SHARED_ARENA
+    if not _SHARED_ARENA:
+        with contextlib.suppress(Exception):  # already registered in this process: share that one
+            ort.create_and_register_allocator(
+                ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT),
+                ort.OrtArenaCfg(0, -1, -1, -1),
+            )
+        _SHARED_ARENA = True
+
+
 def make_session(
     proto: onnx.ModelProto,
     threads: int = 0,
     optimize: bool = True,
     arena: bool = True,
+    shared_arena: bool = False,
 ) -> ort.InferenceSession:
     """A CPU onnxruntime session, with default graph optimizations unless ``optimize`` is False.
 
     ``optimize=False`` runs every node as its own kernel on unpacked weights: no fusions, no NCHWc
     layout rewrite, no weight prepacking. That is what aimet-onnx's sim session ends up doing, because
     its QcQuantizeOp custom nodes sit on every weight and activation and block those rewrites.
+    ``shared_arena``: allocate from one process-wide arena (the emulator's many per-node sessions).
     """
     options = ort.SessionOptions()
     options.log_severity_level = 4  # errors reach the user once, as the exception; not as ORT log lines
@@ -45,6 +64,9 @@ def make_session(
         options.intra_op_num_threads = threads
     if not arena:  # many long-lived small sessions: an arena each would hold its peak memory forever
         options.enable_cpu_mem_arena = False
+    if shared_arena:
+        _register_shared_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
     # idle workers sleep instead of spinning: qdiverge alternates many short runs of several sessions
     # (sim, suffixes, emulator accumulators), and spinning pools steal each other's cores
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

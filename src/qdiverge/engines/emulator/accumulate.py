@@ -22,13 +22,13 @@ and the numpy ``Epilogue`` finishes.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from qdiverge.engines.base import make_session
 from qdiverge.engines.emulator.linear import Epilogue
 
 # QuantizeLinear output types (opset 21) by code range
@@ -83,7 +83,7 @@ class OrtSum:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self._session is None:
             assert self.model is not None
-            self._session = _session(self.model)
+            self._session = make_session(self.model, shared_arena=True)
             self.model = None  # the session holds the weights now
         n, key = x.shape[0], x.shape[1:]
         small = n == 1 or self._row_size.get(key, n) * n <= _CHUNK_ELEMENTS
@@ -100,33 +100,6 @@ class OrtSum:
                 out = np.empty((n, *part.shape[1:]), dtype=part.dtype)
             out[i : i + rows] = part
         return out
-
-
-_ARENA_REGISTERED = False
-
-
-def _session(model: onnx.ModelProto) -> Any:
-    import onnxruntime as ort  # only when a node first runs
-
-    global _ARENA_REGISTERED
-    if not _ARENA_REGISTERED:
-        # one memory arena for all these sessions: a per-session arena would keep each node's largest
-        # buffers for good (2x the peak RSS), no arena costs page faults on every large buffer
-        with contextlib.suppress(Exception):  # already registered in this process: share that one
-            ort.create_and_register_allocator(
-                ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT),
-                ort.OrtArenaCfg(0, -1, -1, -1),
-            )
-        _ARENA_REGISTERED = True
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.use_env_allocators", "1")
-    # a graph has dozens of these sessions, run one after another between numpy kernels: idle worker
-    # threads must sleep rather than spin (spinning pools stole the cores, 2x slower on 2 cores)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    session._model_bytes = None  # ORT keeps the serialized model only to rebuild on a provider fallback
-    return session
 
 
 def _code_type(ep: Epilogue) -> int | None:
@@ -158,40 +131,56 @@ def _prescaled_type(ep: Epilogue) -> int | None:
     return _range_type(ep.qmin, ep.qmax) if exact else None
 
 
+class _Float64Tail:
+    """The float64 end of an accumulator session: ``acc`` (+ int32 bias) -> ops -> clamp -> output codes.
+
+    Every intermediate is an exact float64 value or one IEEE operation the numpy epilogue also performs."""
+
+    def __init__(self, ep: Epilogue, channel_shape: tuple[int, ...]):
+        self.ep, self.channel_shape = ep, channel_shape
+        self.inits: list[onnx.TensorProto] = []
+        self.nodes = [helper.make_node("Cast", ["acc"], ["a"], to=TensorProto.DOUBLE)]
+        self.source = "a"
+        if np.any(ep.bias):
+            self.nodes.append(helper.make_node("Add", ["a", self.const("b64", ep.bias, True)], ["ab"]))
+            self.source = "ab"
+
+    def const(self, name: str, value: np.ndarray | float, per_channel: bool = False) -> str:
+        arr = np.asarray(value, dtype=np.float64)
+        arr = arr.reshape(self.channel_shape) if per_channel and arr.size > 1 else arr.reshape(())
+        self.inits.append(numpy_helper.from_array(arr, name))
+        return name
+
+    def finish(self, last: str, code_type: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+        """Clamp ``last`` to ``[qmin, qmax]`` and cast it to the code type as ``y``."""
+        bounds = [self.const("qmin", float(self.ep.qmin)), self.const("qmax", float(self.ep.qmax))]
+        self.nodes += [
+            helper.make_node("Clip", [last, *bounds], ["rc"]),
+            helper.make_node("Cast", ["rc"], ["y"], to=code_type),
+        ]
+        return self.nodes, self.inits
+
+
 def _prescaled_nodes(
     ep: Epilogue, channel_shape: tuple[int, ...], code_type: int
 ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """float32 ``acc`` -> codes: ``q12_prescaled`` in exact float64 integer arithmetic (module docstring)."""
     req = ep.requant
-
-    def const(name: str, value: np.ndarray | float, per_channel: bool = False) -> str:
-        arr = np.asarray(value, dtype=np.float64)
-        arr = arr.reshape(channel_shape) if per_channel and arr.size > 1 else arr.reshape(())
-        inits.append(numpy_helper.from_array(arr, name))
-        return name
-
-    inits: list[onnx.TensorProto] = []
+    tail = _Float64Tail(ep, channel_shape)
     g = (req.right_shift - req.left_shift).astype(np.float64)
     mq = req.multiplier.astype(np.float64)
-    nodes = [helper.make_node("Cast", ["acc"], ["a"], to=TensorProto.DOUBLE)]
-    source = "a"
-    if np.any(ep.bias):
-        nodes.append(helper.make_node("Add", ["a", const("b64", ep.bias, True)], ["ab"]))
-        source = "ab"
     # (2k + 1) * mq / 2^16 + 1/2 + zp  ==  k * (mq / 2^15) + (mq / 2^16 + 1/2 + zp): both terms exact (k * mq
     # < 2^53, 16 fractional bits) while |k| < 2^21; beyond that every code saturates, so rounding cannot matter
     slope = mq * 2.0**-15
     intercept = mq * 2.0**-16 + 0.5 + req.zero_point.astype(np.float64)
-    nodes += [
-        helper.make_node("Mul", [source, const("step", 2.0**-g, True)], ["s"]),
+    tail.nodes += [
+        helper.make_node("Mul", [tail.source, tail.const("step", 2.0**-g, True)], ["s"]),
         helper.make_node("Floor", ["s"], ["k"]),
-        helper.make_node("Mul", ["k", const("slope", slope, True)], ["t"]),
-        helper.make_node("Add", ["t", const("intercept", intercept, True)], ["u"]),
+        helper.make_node("Mul", ["k", tail.const("slope", slope, True)], ["t"]),
+        helper.make_node("Add", ["t", tail.const("intercept", intercept, True)], ["u"]),
         helper.make_node("Floor", ["u"], ["r"]),
-        helper.make_node("Clip", ["r", const("qmin", float(ep.qmin)), const("qmax", float(ep.qmax))], ["rc"]),
-        helper.make_node("Cast", ["rc"], ["y"], to=code_type),
     ]
-    return nodes, inits
+    return tail.finish("r", code_type)
 
 
 def _hardswish_type(ep: Epilogue) -> int | None:
@@ -211,34 +200,18 @@ def _hardswish_nodes(
     """float32 ``acc`` -> codes: the fused-HardSwish epilogue, the same float64 operations in the same order
     (``real = (acc + bias) * acc_scale``, ``real * clip(real + 3, 0, 6) / 6``, ``/ s_out``, round half to even,
     ``+ zp``, clamp), so each IEEE result is identical to numpy's."""
-    inits: list[onnx.TensorProto] = []
-
-    def const(name: str, value: np.ndarray | float, per_channel: bool = False) -> str:
-        arr = np.asarray(value, dtype=np.float64)
-        arr = arr.reshape(channel_shape) if per_channel and arr.size > 1 else arr.reshape(())
-        inits.append(numpy_helper.from_array(arr, name))
-        return name
-
-    nodes = [helper.make_node("Cast", ["acc"], ["a"], to=TensorProto.DOUBLE)]
-    source = "a"
-    if np.any(ep.bias):
-        nodes.append(helper.make_node("Add", ["a", const("b64", ep.bias, True)], ["ab"]))
-        source = "ab"
-    nodes += [
-        helper.make_node("Mul", [source, const("acc_scale", ep.acc_scale, True)], ["v"]),
-        helper.make_node("Add", ["v", const("three", 3.0)], ["v3"]),
-        helper.make_node("Clip", ["v3", const("zero", 0.0), const("six", 6.0)], ["gate"]),
+    tail = _Float64Tail(ep, channel_shape)
+    tail.nodes += [
+        helper.make_node("Mul", [tail.source, tail.const("acc_scale", ep.acc_scale, True)], ["v"]),
+        helper.make_node("Add", ["v", tail.const("three", 3.0)], ["v3"]),
+        helper.make_node("Clip", ["v3", tail.const("zero", 0.0), tail.const("six", 6.0)], ["gate"]),
         helper.make_node("Mul", ["v", "gate"], ["vg"]),
         helper.make_node("Div", ["vg", "six"], ["hs"]),
-        helper.make_node("Div", ["hs", const("s_out", ep.out_scale)], ["q"]),
+        helper.make_node("Div", ["hs", tail.const("s_out", ep.out_scale)], ["q"]),
         helper.make_node("Round", ["q"], ["r"]),
-        helper.make_node("Add", ["r", const("zp", float(ep.out_zero_point))], ["rz"]),
-        helper.make_node(
-            "Clip", ["rz", const("qmin", float(ep.qmin)), const("qmax", float(ep.qmax))], ["rc"]
-        ),
-        helper.make_node("Cast", ["rc"], ["y"], to=code_type),
+        helper.make_node("Add", ["r", tail.const("zp", float(ep.out_zero_point))], ["rz"]),
     ]
-    return nodes, inits
+    return tail.finish("rz", code_type)
 
 
 def _session_model(
