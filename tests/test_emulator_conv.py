@@ -12,9 +12,12 @@ from loop_reference import conv_acc_loop, conv_transpose_acc_loop
 from onnx import TensorProto, helper, numpy_helper
 
 from qdiverge.encodings.schema import make_encoding
+from qdiverge.engines.emulator.accumulate import conv_sum
 from qdiverge.engines.emulator.kernels.conv import Conv, ConvTranspose, conv_accumulate
 from qdiverge.engines.emulator.kernels.matmul import MatMul
+from qdiverge.engines.emulator.linear import Epilogue
 from qdiverge.engines.emulator.registry import Binding
+from qdiverge.engines.emulator.requant import prepare_requant
 from qdiverge.loading.model import Node
 from qdiverge.profiles import load_profile
 
@@ -635,3 +638,54 @@ def test_ort_conv_path_fused_hardswish_equals_numpy_epilogue(seed, profile):
     assert params.ort is not None and params.ort.requantizes == (params.epilogue.act_rounding == "half_even")
     acc = conv_acc_loop(x, x_zp, wq.astype(np.int64), (stride, stride), (1, 1), (1, 1, 1, 1), group)
     np.testing.assert_array_equal(Conv.run(params, x.astype(np.int64)), params.epilogue(acc, axis=1))
+
+
+def _prescaled_epilogue(rng, channels: int, signed: bool, clamp: str, bias_bound: int) -> Epilogue:
+    """An HTP ``q12_prescaled`` epilogue with random multipliers spanning ``g`` from -4 to 24."""
+    lo, hi = (-128, 127) if signed else (0, 255)
+    zp = int(rng.integers(lo, hi + 1))
+    qmin, qmax = lo, hi
+    if clamp == "relu":
+        qmin = max(zp, lo)
+    elif clamp == "clip":
+        qmin, qmax = max(zp - 5, lo), min(zp + 40, hi)
+    m = 10.0 ** rng.uniform(-7, 1.2, size=channels)
+    bias = rng.integers(-bias_bound, bias_bound + 1, size=channels)
+    return Epilogue(
+        bias=bias,
+        overflow="wrap",
+        needs_int32=False,
+        requant=prepare_requant(m, HTP.conv, zp, 8),
+        qmin=qmin,
+        qmax=qmax,
+        acc_scale=np.ones(channels),
+        activation=None,
+        out_scale=1.0,
+        out_zero_point=zp,
+        act_rounding="half_even",
+        float_exact=False,
+        float32_sum=bias_bound < (1 << 23),
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("clamp", ["none", "relu", "clip"])
+@pytest.mark.parametrize("signed", [False, True])
+def test_prescaled_session_tails_equal_integer_requant(seed, clamp, signed):
+    """The in-session ``q12_prescaled`` tails (float32 under 2^24, else float64) equal the integer epilogue on
+    accumulators at every code boundary of each channel and out to +-2^23, through an identity conv."""
+    rng = np.random.default_rng(900 + seed)
+    channels = 12
+    for bias_bound, tail in ((1 << 20, "QuantizeLinear"), (1 << 28, "Cast")):
+        ep = _prescaled_epilogue(rng, channels, signed, clamp, bias_bound)
+        m = ep.requant.multiplier * 2.0 ** -(15.0 + ep.requant.right_shift - ep.requant.left_shift)
+        codes = np.arange(-300, 300)[:, None] + 0.5  # around every code boundary and past both ends
+        near = np.rint(codes / m[None, :]) - ep.bias[None, :] + rng.integers(-2, 3, size=(codes.size, 1))
+        wide = rng.integers(-(1 << 23), 1 << 23, size=(400, channels))
+        acc = np.clip(np.concatenate([near, wide]), -(1 << 23), (1 << 23) - 1).astype(np.int64)
+        x = acc.T.reshape(1, channels, -1, 1)  # acc[c] as channel c of an identity depthwise conv
+        identity = np.ones((channels, 1, 1, 1), dtype=np.float32)
+        ort_sum = conv_sum({"kernel_shape": [1, 1], "group": channels}, identity, 0, ep)
+        assert ort_sum.requantizes
+        assert tail in {n.op_type for n in ort_sum.model.graph.node}
+        np.testing.assert_array_equal(ort_sum(x).astype(np.int64), ep(x.copy(), axis=1))

@@ -6,7 +6,13 @@ summation order they pick, and they are 10-50x faster than numpy im2col (multi-t
 Padding is with 0 = the zero point, because the session is fed the centred codes ``x - z_x``.
 
 When the requantization is HTP's ``q12_prescaled`` (8-bit outputs, no fused non-linear activation, no
-int32 wrap to model), the session finishes it in float64, where every step is an exact integer operation:
+int32 wrap to model) and ``|acc + bias| < 2^24``, the session finishes it in float32. The weights and the bias
+are scaled by ``2^-g`` per channel (a power of two: the Conv still sums exactly, now multiples of ``2^-g``),
+so the Conv yields ``(acc + bias) * 2^-g`` and ``Floor`` gives ``k``; then ``u = k * 2mq + mq`` and
+``QuantizeLinear(u, 2^16, zp)``, which rounds ``u / 2^16`` (never a tie) and saturates. Every value whose
+code does not saturate has ``|u| <= 2^24``, where float32 is exact; beyond, float32 rounding is monotone and
+keeps ``|u| >= 2^24``, which saturates too. A fused Relu/Clip clamps ``u`` to ``(q - zp) * 2^16`` first.
+Otherwise (a larger bias) the session finishes it in float64, where every step is an exact integer operation:
 ``k = floor((acc + bias) * 2^-g)``, ``t = (2k + 1) * mq`` (below 2^53 once ``k`` is clipped to +-2^30, which
 saturates every code anyway), ``y = floor(t * 2^-16 + 1/2)`` (never a tie, so the tie rule cannot matter),
 then the zero point, the clamp and a cast to the code type.
@@ -30,6 +36,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qdiverge.engines.base import make_session
 from qdiverge.engines.emulator.linear import Epilogue
+from qdiverge.engines.emulator.requant import along_axis
 
 # QuantizeLinear output types (opset 21) by code range
 _CODE_TYPES = {
@@ -183,6 +190,41 @@ def _prescaled_nodes(
     return tail.finish("r", code_type)
 
 
+def _prescaled_steps(ep: Epilogue) -> np.ndarray | None:
+    """Per-channel ``2^-g`` when the session finishes ``q12_prescaled`` in float32 (module docstring)."""
+    if _prescaled_type(ep) is None or not ep.float32_sum:
+        return None
+    return 2.0 ** -(ep.requant.right_shift - ep.requant.left_shift).astype(np.float64)
+
+
+def _prescaled_f32_nodes(
+    ep: Epilogue, channel_shape: tuple[int, ...], code_type: int
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """``(acc + bias) * 2^-g`` (float32) -> codes: ``q12_prescaled`` in float32 (module docstring)."""
+    mq = ep.requant.multiplier.astype(np.float32)
+    z = ep.out_zero_point
+
+    def const(name: str, value: np.ndarray | float) -> onnx.TensorProto:
+        arr = np.asarray(value, dtype=np.float32)
+        return numpy_helper.from_array(arr.reshape(channel_shape) if arr.size > 1 else arr.reshape(()), name)
+
+    inits = [const("mq2", 2 * mq), const("mq", mq), const("unit", 2.0**16)]
+    inits.append(numpy_helper.from_array(np.asarray(z, helper.tensor_dtype_to_np_dtype(code_type)), "z"))
+    nodes = [
+        helper.make_node("Floor", ["acc"], ["k"]),
+        helper.make_node("Mul", ["k", "mq2"], ["k2"]),
+        helper.make_node("Add", ["k2", "mq"], ["u"]),
+    ]
+    lo, hi = next(r for r, t in _CODE_TYPES.items() if t == code_type)
+    source = "u"
+    if (ep.qmin, ep.qmax) != (lo, hi):  # a fused Relu/Clip: u at (q - zp) * 2^16 rounds to exactly q
+        inits += [const("lo", (ep.qmin - z) * 2.0**16), const("hi", (ep.qmax - z) * 2.0**16)]
+        nodes.append(helper.make_node("Clip", ["u", "lo", "hi"], ["uc"]))
+        source = "uc"
+    nodes.append(helper.make_node("QuantizeLinear", [source, "unit", "z"], ["y"]))
+    return nodes, inits
+
+
 def _hardswish_type(ep: Epilogue) -> int | None:
     """Output type when the session can apply a fused HardSwish exactly as ``Epilogue`` does, else None."""
     exact = (
@@ -224,7 +266,12 @@ def _session_model(
     nodes, feeds, out, out_type = [node], {}, "acc", TensorProto.FLOAT
     code_type = _code_type(ep)
     prescaled_type, hardswish_type = _prescaled_type(ep), _hardswish_type(ep)
-    if ep.activation is None and prescaled_type is not None:
+    if prescaled_type is not None and _prescaled_steps(ep) is not None:
+        more_nodes, more_inits = _prescaled_f32_nodes(ep, channel_shape, prescaled_type)
+        nodes += more_nodes
+        inits += more_inits
+        out, out_type = "y", prescaled_type
+    elif prescaled_type is not None:
         more_nodes, more_inits = _prescaled_nodes(ep, channel_shape, prescaled_type)
         nodes += more_nodes
         inits += more_inits
@@ -274,31 +321,44 @@ def _session_model(
     return model, feeds, out == "y"
 
 
-def _bias_input(ep: Epilogue, requantizes: bool, channels: int) -> list[onnx.TensorProto]:
-    """The int32 bias as the node's float32 bias input ``b``, when the session requantizes (exact there)."""
-    if not requantizes or not np.any(ep.bias):
-        return []
-    return [numpy_helper.from_array(np.broadcast_to(ep.bias, (channels,)).astype(np.float32), "b")]
+def _scaled_weights_and_bias(
+    ep: Epilogue, weights: np.ndarray, axis: int
+) -> tuple[np.ndarray, list[onnx.TensorProto]]:
+    """(The session's float32 weights, its bias input ``b`` if it adds the bias itself).
+
+    The session adds the int32 bias (exact in float32) when it requantizes; for the float32 ``q12_prescaled``
+    tail weights and bias are scaled by ``2^-g`` per output channel along ``axis`` (exact: a power of two).
+    """
+    channels = weights.shape[axis]
+    steps = _prescaled_steps(ep)
+    if steps is not None:
+        weights = (weights * along_axis(steps, weights.ndim, axis)).astype(np.float32)
+    if not np.any(ep.bias) or (steps is None and _code_type(ep) is None):
+        return weights, []
+    bias = np.broadcast_to(ep.bias, (channels,)) * (1.0 if steps is None else steps)
+    return weights, [numpy_helper.from_array(bias.astype(np.float32), "b")]
 
 
 def conv_sum(attrs: dict[str, Any], weights: np.ndarray, x_zero: int, ep: Epilogue) -> OrtSum:
     """A Conv with ONNX ``attrs`` and centred float32 ``weights`` (M, C/G, *kernel)."""
-    channels = weights.shape[0]
-    inits = [numpy_helper.from_array(weights, "w"), *_bias_input(ep, _code_type(ep) is not None, channels)]
+    weights, bias = _scaled_weights_and_bias(ep, weights, 0)
+    inits = [numpy_helper.from_array(weights, "w"), *bias]
     node = helper.make_node("Conv", ["x", "w", "b"][: len(inits) + 1], ["acc"], **attrs)
-    model, feeds, requantizes = _session_model(node, inits, ep, (channels,) + (1,) * (weights.ndim - 2))
+    channel_shape = (weights.shape[0],) + (1,) * (weights.ndim - 2)
+    model, feeds, requantizes = _session_model(node, inits, ep, channel_shape)
     return OrtSum(model, x_zero, feeds, requantizes)
 
 
 def matmul_sum(weights: np.ndarray, x_zero: int, ep: Epilogue, trans_a: bool | None) -> OrtSum:
     """``x @ weights`` for centred float32 ``weights`` (K, N): a Gemm (2-D ``x``, transposed if
-    ``trans_a``, with the bias), or with ``trans_a=None`` a MatMul (any rank, no bias)."""
-    channels = weights.shape[1]
-    inits = [numpy_helper.from_array(weights, "w")]
+    ``trans_a``), or with ``trans_a=None`` a MatMul (any rank; a bias is a separate Add)."""
+    weights, bias = _scaled_weights_and_bias(ep, weights, 1)
+    inits = [numpy_helper.from_array(weights, "w"), *bias]
     if trans_a is None:
-        node = helper.make_node("MatMul", ["x", "w"], ["acc"])
+        node = helper.make_node("MatMul", ["x", "w"], ["acc" if not bias else "acc_nobias"])
     else:
-        inits += _bias_input(ep, _code_type(ep) is not None, channels)
         node = helper.make_node("Gemm", ["x", "w", "b"][: len(inits) + 1], ["acc"], transA=int(trans_a))
-    model, feeds, requantizes = _session_model(node, inits, ep, (channels,))
+    model, feeds, requantizes = _session_model(node, inits, ep, (weights.shape[1],))
+    if trans_a is None and bias:
+        model.graph.node.insert(1, helper.make_node("Add", ["acc_nobias", "b"], ["acc"]))
     return OrtSum(model, x_zero, feeds, requantizes, chunkable=not trans_a)

@@ -87,6 +87,7 @@ class Epilogue:
     act_rounding: str
     float_exact: bool  # float32/float64 multiplier, no fold, no activation, |acc + bias| exact in that float
     activation_op: str = ""  # op type of ``activation`` (lets the accumulator session build it in ONNX ops)
+    float32_sum: bool = False  # |acc + bias| < 2^24: the biased accumulator is exact in float32
 
     def __call__(self, acc: np.ndarray, axis: int) -> np.ndarray:
         if self.float_exact and acc.dtype == self.requant.multiplier.dtype:
@@ -254,4 +255,5 @@ def prepare_accumulation(
         act_rounding=prof.lut.rounding,
         float_exact=float_exact,
         activation_op=activation_op,
+        float32_sum=total < FLOAT32_EXACT,
     )
