@@ -685,7 +685,60 @@ def test_prescaled_session_tails_equal_integer_requant(seed, clamp, signed):
         acc = np.clip(np.concatenate([near, wide]), -(1 << 23), (1 << 23) - 1).astype(np.int64)
         x = acc.T.reshape(1, channels, -1, 1)  # acc[c] as channel c of an identity depthwise conv
         identity = np.ones((channels, 1, 1, 1), dtype=np.float32)
-        ort_sum = conv_sum({"kernel_shape": [1, 1], "group": channels}, identity, 0, ep)
+        ort_sum = conv_sum(
+            {"kernel_shape": [1, 1], "group": channels}, identity, 0, (-(1 << 23), 1 << 23), ep
+        )
         assert ort_sum.requantizes
         assert tail in {n.op_type for n in ort_sum.model.graph.node}
         np.testing.assert_array_equal(ort_sum(x).astype(np.int64), ep(x.copy(), axis=1))
+
+
+@pytest.mark.parametrize("dyadic", [False, True])
+@pytest.mark.parametrize("act_dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_fused_hardswish_session_tail_equals_numpy_epilogue(act_dtype, dyadic):
+    """The session's fused HardSwish (in ``act_dtype``) equals the numpy epilogue on 10^5 accumulators per
+    channel over the whole activation range; dyadic scales put many values exactly on rounding ties."""
+    rng = np.random.default_rng(31 + dyadic)
+    channels = 8
+    out_scale = 2.0**-5 if dyadic else float(rng.uniform(0.01, 0.05))
+    acc_scale = 2.0 ** -rng.integers(8, 14, size=channels) if dyadic else 10 ** rng.uniform(-4, -2, channels)
+    bias = rng.integers(-5000, 5000, size=channels)
+    ep = Epilogue(
+        bias=bias,
+        overflow="wrap",
+        needs_int32=False,
+        requant=prepare_requant(acc_scale / out_scale, HTP.conv, 3, 8),
+        qmin=0,
+        qmax=255,
+        acc_scale=acc_scale,
+        activation=lambda v: v * np.clip(v + 3.0, 0.0, 6.0) / 6.0,
+        out_scale=out_scale,
+        out_zero_point=3,
+        act_rounding="half_even",
+        float_exact=False,
+        activation_op="HardSwish",
+        float32_sum=True,
+        act_dtype=act_dtype,
+    )
+    reach = np.ceil(10.0 / acc_scale).astype(np.int64)  # real values out to +-10 in every channel
+    acc = np.stack([rng.integers(-r, r, size=100_000) - b for r, b in zip(reach, bias, strict=True)])
+    x = acc.reshape(1, channels, -1, 1)
+    identity = np.ones((channels, 1, 1, 1), dtype=np.float32)
+    ort_sum = conv_sum({"kernel_shape": [1, 1], "group": channels}, identity, 0, (-(1 << 23), 1 << 23), ep)
+    assert ort_sum.requantizes
+    probe = onnx.ModelProto()  # the session's graph with the unrounded q as an output too
+    probe.CopyFrom(ort_sum.model)
+    want = ep(x.copy(), axis=1)
+    assert len(np.unique(want)) > 200  # the whole output range is exercised
+    np.testing.assert_array_equal(ort_sum(x).astype(np.int64), want)
+    # codes differ only where a 1-ulp difference crosses a tie (rare); the unrounded q must be bit-identical
+    probe.graph.output.append(
+        helper.make_tensor_value_info("q", helper.np_dtype_to_tensor_dtype(np.dtype(act_dtype)), None)
+    )
+    q = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["q"], {"xq": x.astype(np.int32), **ort_sum.feeds}
+    )[0]
+    real = (x + bias[None, :, None, None]).astype(act_dtype) * acc_scale.astype(act_dtype)[
+        None, :, None, None
+    ]
+    np.testing.assert_array_equal(q, ep.activation(real) / act_dtype(out_scale))

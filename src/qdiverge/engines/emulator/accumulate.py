@@ -54,7 +54,8 @@ _CHUNK_ELEMENTS = 1 << 20
 
 class OrtSum:
     """``x`` (codes, any integer dtype) -> exact accumulator (float32), or output codes (the narrow
-    QuantizeLinear type, e.g. uint8) when ``requantizes``.
+    QuantizeLinear type, e.g. uint8) when ``requantizes``. The session takes the codes in their narrowest
+    type and centres them itself (``DequantizeLinear`` with scale 1: ``x - z_x``, exact).
 
     The session is built on the first call, so binding a graph stays cheap. Rows along axis 0 are
     independent (batch items, or Gemm rows) unless ``chunkable`` is False (a transposed Gemm input).
@@ -63,13 +64,12 @@ class OrtSum:
     def __init__(
         self,
         model: onnx.ModelProto,
-        x_zero: int,
         feeds: dict[str, np.ndarray],
         requantizes: bool,
         chunkable: bool = True,
     ):
         self.model: onnx.ModelProto | None = model
-        self.x_zero = x_zero
+        self.x_dtype = helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type)
         self.feeds = feeds
         self.requantizes = requantizes
         self.chunkable = chunkable
@@ -83,9 +83,7 @@ class OrtSum:
         return y if self.requantizes else epilogue(y, axis=axis)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        # one numpy pass from integer codes (faster than an ORT Cast + Sub); exact, codes are below 2^24
-        centred = np.subtract(x, self.x_zero, dtype=np.float32)
-        return self._session.run(None, {"x": centred, **self.feeds})[0]
+        return self._session.run(None, {"xq": x.astype(self.x_dtype, copy=False), **self.feeds})[0]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self._session is None:
@@ -138,42 +136,68 @@ def _prescaled_type(ep: Epilogue) -> int | None:
     return _range_type(ep.qmin, ep.qmax) if exact else None
 
 
-class _Float64Tail:
-    """The float64 end of an accumulator session: ``acc`` (+ int32 bias) -> ops -> clamp -> output codes.
+class _FloatTail:
+    """The float end of an accumulator session: ``acc`` (+ int32 bias) -> ops -> clamp -> output codes.
 
-    Every intermediate is an exact float64 value or one IEEE operation the numpy epilogue also performs."""
+    float64: the accumulator is cast and the bias added here, both exact. float32: the node already added the
+    bias (exact under ``Epilogue.float32_sum``). Every intermediate is then an exact value or one IEEE
+    operation the numpy epilogue also performs, in the same precision."""
 
-    def __init__(self, ep: Epilogue, channel_shape: tuple[int, ...]):
-        self.ep, self.channel_shape = ep, channel_shape
+    def __init__(self, ep: Epilogue, channel_shape: tuple[int, ...], dtype: type = np.float64):
+        self.ep, self.channel_shape, self.dtype = ep, channel_shape, dtype
         self.inits: list[onnx.TensorProto] = []
-        self.nodes = [helper.make_node("Cast", ["acc"], ["a"], to=TensorProto.DOUBLE)]
-        self.source = "a"
-        if np.any(ep.bias):
-            self.nodes.append(helper.make_node("Add", ["a", self.const("b64", ep.bias, True)], ["ab"]))
-            self.source = "ab"
+        self.feeds: dict[str, np.ndarray] = {}  # constants fed at run time: no optimizer folds them
+        self.nodes: list[onnx.NodeProto] = []
+        self.source = "acc"
+        if dtype is np.float64:
+            self.nodes.append(helper.make_node("Cast", ["acc"], ["a"], to=TensorProto.DOUBLE))
+            self.source = "a"
+            if np.any(ep.bias):
+                self.nodes.append(helper.make_node("Add", ["a", self.const("b64", ep.bias, True)], ["ab"]))
+                self.source = "ab"
 
-    def const(self, name: str, value: np.ndarray | float, per_channel: bool = False) -> str:
-        arr = np.asarray(value, dtype=np.float64)
+    def const(
+        self, name: str, value: np.ndarray | float, per_channel: bool = False, fed: bool = False
+    ) -> str:
+        """A constant input; ``fed``: a run-time input instead, so that onnxruntime cannot fold a Mul right
+        after the Conv into its weights (ConvMulFusion, which would round the products)."""
+        arr = np.asarray(value, dtype=np.float64).astype(self.dtype)
         arr = arr.reshape(self.channel_shape) if per_channel and arr.size > 1 else arr.reshape(())
-        self.inits.append(numpy_helper.from_array(arr, name))
+        if fed:
+            self.feeds[name] = arr
+        else:
+            self.inits.append(numpy_helper.from_array(arr, name))
         return name
 
-    def finish(self, last: str, code_type: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-        """Clamp ``last`` to ``[qmin, qmax]`` and cast it to the code type as ``y``."""
+    def finish(self, last: str, code_type: int) -> _FloatTail:
+        """Clamp ``last`` (an integer value) to ``[qmin, qmax]`` and cast it to the code type as ``y``."""
         bounds = [self.const("qmin", float(self.ep.qmin)), self.const("qmax", float(self.ep.qmax))]
         self.nodes += [
             helper.make_node("Clip", [last, *bounds], ["rc"]),
             helper.make_node("Cast", ["rc"], ["y"], to=code_type),
         ]
-        return self.nodes, self.inits
+        return self
+
+    def round_and_finish(self, q: str, code_type: int) -> _FloatTail:
+        """``clamp(RNE(q) + zp)`` as ``y``: one ``QuantizeLinear`` (scale 1) when the clamp is the code type's
+        own saturation and ``q`` is float32, else ``Round``, ``Add``, ``finish``."""
+        z = self.ep.out_zero_point
+        if self.dtype is np.float32 and _CODE_TYPES.get((self.ep.qmin, self.ep.qmax)) == code_type:
+            zero = np.asarray(z, dtype=helper.tensor_dtype_to_np_dtype(code_type))
+            self.inits.append(numpy_helper.from_array(zero, "zp"))
+            self.nodes.append(helper.make_node("QuantizeLinear", [q, self.const("one", 1.0), "zp"], ["y"]))
+            return self
+        self.nodes += [
+            helper.make_node("Round", [q], ["r"]),
+            helper.make_node("Add", ["r", self.const("zp", float(z))], ["rz"]),
+        ]
+        return self.finish("rz", code_type)
 
 
-def _prescaled_nodes(
-    ep: Epilogue, channel_shape: tuple[int, ...], code_type: int
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def _prescaled_nodes(ep: Epilogue, channel_shape: tuple[int, ...], code_type: int) -> _FloatTail:
     """float32 ``acc`` -> codes: ``q12_prescaled`` in exact float64 integer arithmetic (module docstring)."""
     req = ep.requant
-    tail = _Float64Tail(ep, channel_shape)
+    tail = _FloatTail(ep, channel_shape)
     g = (req.right_shift - req.left_shift).astype(np.float64)
     mq = req.multiplier.astype(np.float64)
     # (2k + 1) * mq / 2^16 + 1/2 + zp  ==  k * (mq / 2^15) + (mq / 2^16 + 1/2 + zp): both terms exact (k * mq
@@ -197,32 +221,26 @@ def _prescaled_steps(ep: Epilogue) -> np.ndarray | None:
     return 2.0 ** -(ep.requant.right_shift - ep.requant.left_shift).astype(np.float64)
 
 
-def _prescaled_f32_nodes(
-    ep: Epilogue, channel_shape: tuple[int, ...], code_type: int
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def _prescaled_f32_nodes(ep: Epilogue, channel_shape: tuple[int, ...], code_type: int) -> _FloatTail:
     """``(acc + bias) * 2^-g`` (float32) -> codes: ``q12_prescaled`` in float32 (module docstring)."""
-    mq = ep.requant.multiplier.astype(np.float32)
+    tail = _FloatTail(ep, channel_shape, np.float32)
+    mq = ep.requant.multiplier.astype(np.float64)
     z = ep.out_zero_point
-
-    def const(name: str, value: np.ndarray | float) -> onnx.TensorProto:
-        arr = np.asarray(value, dtype=np.float32)
-        return numpy_helper.from_array(arr.reshape(channel_shape) if arr.size > 1 else arr.reshape(()), name)
-
-    inits = [const("mq2", 2 * mq), const("mq", mq), const("unit", 2.0**16)]
-    inits.append(numpy_helper.from_array(np.asarray(z, helper.tensor_dtype_to_np_dtype(code_type)), "z"))
-    nodes = [
+    tail.nodes += [
         helper.make_node("Floor", ["acc"], ["k"]),
-        helper.make_node("Mul", ["k", "mq2"], ["k2"]),
-        helper.make_node("Add", ["k2", "mq"], ["u"]),
+        helper.make_node("Mul", ["k", tail.const("mq2", 2 * mq, True)], ["k2"]),
+        helper.make_node("Add", ["k2", tail.const("mq", mq, True)], ["u"]),
     ]
     lo, hi = next(r for r, t in _CODE_TYPES.items() if t == code_type)
     source = "u"
     if (ep.qmin, ep.qmax) != (lo, hi):  # a fused Relu/Clip: u at (q - zp) * 2^16 rounds to exactly q
-        inits += [const("lo", (ep.qmin - z) * 2.0**16), const("hi", (ep.qmax - z) * 2.0**16)]
-        nodes.append(helper.make_node("Clip", ["u", "lo", "hi"], ["uc"]))
+        bounds = [tail.const("lo", (ep.qmin - z) * 2.0**16), tail.const("hi", (ep.qmax - z) * 2.0**16)]
+        tail.nodes.append(helper.make_node("Clip", ["u", *bounds], ["uc"]))
         source = "uc"
-    nodes.append(helper.make_node("QuantizeLinear", [source, "unit", "z"], ["y"]))
-    return nodes, inits
+    zero = numpy_helper.from_array(np.asarray(z, helper.tensor_dtype_to_np_dtype(code_type)), "z")
+    tail.inits.append(zero)
+    tail.nodes.append(helper.make_node("QuantizeLinear", [source, tail.const("unit", 2.0**16), "z"], ["y"]))
+    return tail
 
 
 def _hardswish_type(ep: Epilogue) -> int | None:
@@ -232,57 +250,85 @@ def _hardswish_type(ep: Epilogue) -> int | None:
         and ep.act_rounding == "half_even"  # ONNX Round is half to even; the other rules need tie fix-ups
         and not ep.needs_int32
         and not np.any(ep.requant.folded_offset)
+        and (ep.act_dtype is np.float64 or ep.float32_sum)  # float32: acc + bias must be exact there
     )
     return _range_type(ep.qmin, ep.qmax) if exact else None
 
 
-def _hardswish_nodes(
-    ep: Epilogue, channel_shape: tuple[int, ...], code_type: int
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """float32 ``acc`` -> codes: the fused-HardSwish epilogue, the same float64 operations in the same order
-    (``real = (acc + bias) * acc_scale``, ``real * clip(real + 3, 0, 6) / 6``, ``/ s_out``, round half to even,
-    ``+ zp``, clamp), so each IEEE result is identical to numpy's."""
-    tail = _Float64Tail(ep, channel_shape)
+def _hardswish_nodes(ep: Epilogue, channel_shape: tuple[int, ...], code_type: int) -> _FloatTail:
+    """float32 ``acc`` -> codes: the fused-HardSwish epilogue, the same operations in the same order and
+    precision (``real = (acc + bias) * acc_scale``, ``real * clip(real + 3, 0, 6) / 6``, ``/ s_out``, round
+    half to even, ``+ zp``, clamp), so each IEEE result is identical to numpy's."""
+    tail = _FloatTail(ep, channel_shape, ep.act_dtype)
     tail.nodes += [
-        helper.make_node("Mul", [tail.source, tail.const("acc_scale", ep.acc_scale, True)], ["v"]),
+        helper.make_node("Mul", [tail.source, tail.const("acc_scale", ep.acc_scale, True, fed=True)], ["v"]),
         helper.make_node("Add", ["v", tail.const("three", 3.0)], ["v3"]),
         helper.make_node("Clip", ["v3", tail.const("zero", 0.0), tail.const("six", 6.0)], ["gate"]),
         helper.make_node("Mul", ["v", "gate"], ["vg"]),
         helper.make_node("Div", ["vg", "six"], ["hs"]),
         helper.make_node("Div", ["hs", tail.const("s_out", ep.out_scale)], ["q"]),
-        helper.make_node("Round", ["q"], ["r"]),
-        helper.make_node("Add", ["r", tail.const("zp", float(ep.out_zero_point))], ["rz"]),
     ]
-    return tail.finish("rz", code_type)
+    return tail.round_and_finish("q", code_type)
+
+
+def _bias_in_node(ep: Epilogue) -> bool:
+    """Whether the Conv/Gemm node adds the int32 bias (float32, exact) rather than the tail or numpy."""
+    if _prescaled_steps(ep) is not None or _code_type(ep) is not None:
+        return True
+    return _hardswish_type(ep) is not None and ep.act_dtype is np.float32
+
+
+def _centring(
+    x_zero: int, x_range: tuple[int, int]
+) -> tuple[int, list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """(Input type, nodes, constants) turning codes ``xq`` in ``x_range`` into the centred float32 ``x``.
+
+    8/16-bit codes: ``DequantizeLinear`` with scale 1 (one pass, exact); wider: ``Cast`` and ``Sub`` (exact
+    below 2^24, which the accumulation bound guarantees)."""
+    x_type = _range_type(*x_range)
+    if x_type is not None:
+        zero = numpy_helper.from_array(np.asarray(x_zero, helper.tensor_dtype_to_np_dtype(x_type)), "xz")
+        one = numpy_helper.from_array(np.float32(1.0), "xs")
+        return x_type, [helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["x"])], [one, zero]
+    nodes = [
+        helper.make_node("Cast", ["xq"], ["xf"], to=TensorProto.FLOAT),
+        helper.make_node("Sub", ["xf", "xz"], ["x"]),
+    ]
+    return TensorProto.INT32, nodes, [numpy_helper.from_array(np.float32(x_zero), "xz")]
 
 
 def _session_model(
-    node: onnx.NodeProto, inits: list[onnx.TensorProto], ep: Epilogue, channel_shape: tuple[int, ...]
+    node: onnx.NodeProto,
+    inits: list[onnx.TensorProto],
+    ep: Epilogue,
+    channel_shape: tuple[int, ...],
+    x_zero: int,
+    x_range: tuple[int, int],
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
-    """Graph ``x -> node [-> requantization]``; ``node`` reads ``x`` and writes ``acc``.
+    """Graph ``xq -> x -> node [-> requantization]``; ``node`` reads the centred ``x`` and writes ``acc``.
 
     ``channel_shape`` is how a per-channel multiplier broadcasts against the accumulator.
     """
-    nodes, feeds, out, out_type = [node], {}, "acc", TensorProto.FLOAT
+    x_type, nodes, centring = _centring(x_zero, x_range)
+    inits = [*inits, *centring]
+    nodes.append(node)
+    feeds, out, out_type = {}, "acc", TensorProto.FLOAT
     code_type = _code_type(ep)
     prescaled_type, hardswish_type = _prescaled_type(ep), _hardswish_type(ep)
+    tail = None
     if prescaled_type is not None and _prescaled_steps(ep) is not None:
-        more_nodes, more_inits = _prescaled_f32_nodes(ep, channel_shape, prescaled_type)
-        nodes += more_nodes
-        inits += more_inits
-        out, out_type = "y", prescaled_type
+        tail, out_type = _prescaled_f32_nodes(ep, channel_shape, prescaled_type), prescaled_type
     elif prescaled_type is not None:
-        more_nodes, more_inits = _prescaled_nodes(ep, channel_shape, prescaled_type)
-        nodes += more_nodes
-        inits += more_inits
-        out, out_type = "y", prescaled_type
+        tail, out_type = _prescaled_nodes(ep, channel_shape, prescaled_type), prescaled_type
     elif hardswish_type is not None:
-        more_nodes, more_inits = _hardswish_nodes(ep, channel_shape, hardswish_type)
-        nodes += more_nodes
-        inits += more_inits
-        out, out_type = "y", hardswish_type
+        tail, out_type = _hardswish_nodes(ep, channel_shape, hardswish_type), hardswish_type
+    if tail is not None:
+        nodes += tail.nodes
+        inits += tail.inits
+        feeds.update(tail.feeds)
+        out = "y"
     elif code_type is not None:
-        m = ep.requant.multiplier
+        m = ep.requant.multiplier.astype(np.float32)
         feeds["m"] = m.reshape(channel_shape) if m.size > 1 else m.reshape(())
         z = ep.out_zero_point
         lo, hi = next(r for r, t in _CODE_TYPES.items() if t == code_type)
@@ -310,14 +356,17 @@ def _session_model(
     graph = helper.make_graph(
         nodes,
         "exact_sum",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)]
-        + [helper.make_tensor_value_info(k, TensorProto.FLOAT, v.shape) for k, v in feeds.items()],
+        [helper.make_tensor_value_info("xq", x_type, None)]
+        + [
+            helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+            for k, v in feeds.items()
+        ],
         [helper.make_tensor_value_info(out, out_type, None)],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
-    feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feeds.items()}
+    feeds = {k: np.ascontiguousarray(v) for k, v in feeds.items()}
     return model, feeds, out == "y"
 
 
@@ -333,23 +382,28 @@ def _scaled_weights_and_bias(
     steps = _prescaled_steps(ep)
     if steps is not None:
         weights = (weights * along_axis(steps, weights.ndim, axis)).astype(np.float32)
-    if not np.any(ep.bias) or (steps is None and _code_type(ep) is None):
+    if not np.any(ep.bias) or not _bias_in_node(ep):
         return weights, []
     bias = np.broadcast_to(ep.bias, (channels,)) * (1.0 if steps is None else steps)
     return weights, [numpy_helper.from_array(bias.astype(np.float32), "b")]
 
 
-def conv_sum(attrs: dict[str, Any], weights: np.ndarray, x_zero: int, ep: Epilogue) -> OrtSum:
-    """A Conv with ONNX ``attrs`` and centred float32 ``weights`` (M, C/G, *kernel)."""
+def conv_sum(
+    attrs: dict[str, Any], weights: np.ndarray, x_zero: int, x_range: tuple[int, int], ep: Epilogue
+) -> OrtSum:
+    """A Conv with ONNX ``attrs`` and centred float32 ``weights`` (M, C/G, *kernel) on codes in
+    ``x_range`` with zero point ``x_zero``."""
     weights, bias = _scaled_weights_and_bias(ep, weights, 0)
     inits = [numpy_helper.from_array(weights, "w"), *bias]
     node = helper.make_node("Conv", ["x", "w", "b"][: len(inits) + 1], ["acc"], **attrs)
     channel_shape = (weights.shape[0],) + (1,) * (weights.ndim - 2)
-    model, feeds, requantizes = _session_model(node, inits, ep, channel_shape)
-    return OrtSum(model, x_zero, feeds, requantizes)
+    model, feeds, requantizes = _session_model(node, inits, ep, channel_shape, x_zero, x_range)
+    return OrtSum(model, feeds, requantizes)
 
 
-def matmul_sum(weights: np.ndarray, x_zero: int, ep: Epilogue, trans_a: bool | None) -> OrtSum:
+def matmul_sum(
+    weights: np.ndarray, x_zero: int, x_range: tuple[int, int], ep: Epilogue, trans_a: bool | None
+) -> OrtSum:
     """``x @ weights`` for centred float32 ``weights`` (K, N): a Gemm (2-D ``x``, transposed if
     ``trans_a``), or with ``trans_a=None`` a MatMul (any rank; a bias is a separate Add)."""
     weights, bias = _scaled_weights_and_bias(ep, weights, 1)
@@ -358,7 +412,8 @@ def matmul_sum(weights: np.ndarray, x_zero: int, ep: Epilogue, trans_a: bool | N
         node = helper.make_node("MatMul", ["x", "w"], ["acc" if not bias else "acc_nobias"])
     else:
         node = helper.make_node("Gemm", ["x", "w", "b"][: len(inits) + 1], ["acc"], transA=int(trans_a))
-    model, feeds, requantizes = _session_model(node, inits, ep, (weights.shape[1],))
+    model, feeds, requantizes = _session_model(node, inits, ep, (weights.shape[1],), x_zero, x_range)
     if trans_a is None and bias:
-        model.graph.node.insert(1, helper.make_node("Add", ["acc_nobias", "b"], ["acc"]))
-    return OrtSum(model, x_zero, feeds, requantizes, chunkable=not trans_a)
+        position = [n.op_type for n in model.graph.node].index("MatMul") + 1
+        model.graph.node.insert(position, helper.make_node("Add", ["acc_nobias", "b"], ["acc"]))
+    return OrtSum(model, feeds, requantizes, chunkable=not trans_a)

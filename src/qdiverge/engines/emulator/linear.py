@@ -88,6 +88,7 @@ class Epilogue:
     float_exact: bool  # float32/float64 multiplier, no fold, no activation, |acc + bias| exact in that float
     activation_op: str = ""  # op type of ``activation`` (lets the accumulator session build it in ONNX ops)
     float32_sum: bool = False  # |acc + bias| < 2^24: the biased accumulator is exact in float32
+    act_dtype: type = np.float64  # precision of the fused activation (``profile.lut.compute``)
 
     def __call__(self, acc: np.ndarray, axis: int) -> np.ndarray:
         if self.float_exact and acc.dtype == self.requant.multiplier.dtype:
@@ -107,10 +108,14 @@ class Epilogue:
             acc = fx.to_int32(acc, self.overflow)
         if self.activation is None:
             return apply_requant(acc, self.requant, self.qmin, self.qmax, axis, overwrite=True)
-        # fused non-linear activation: applied to the un-requantized accumulator's real value (float64),
-        # rounded once to the output grid -- the target's internal precision is unknown, this is its limit
-        real = acc * along_axis(self.acc_scale, acc.ndim, axis)
-        q = fx.round_to_int(self.activation(real) / self.out_scale, self.act_rounding) + self.out_zero_point
+        # fused non-linear activation: applied to the un-requantized accumulator's real value in the profile's
+        # LUT precision, rounded once to the output grid (HTP's own error is up to 0.06 LSB, probe fusion)
+        dt = self.act_dtype
+        real = acc.astype(dt) * along_axis(self.acc_scale.astype(dt), acc.ndim, axis)
+        q = (
+            fx.round_to_int(self.activation(real) / dt(self.out_scale), self.act_rounding)
+            + self.out_zero_point
+        )
         return np.clip(q, self.qmin, self.qmax)
 
 
@@ -256,4 +261,5 @@ def prepare_accumulation(
         float_exact=float_exact,
         activation_op=activation_op,
         float32_sum=total < FLOAT32_EXACT,
+        act_dtype=np.float32 if prof.lut.compute == "float32" else np.float64,
     )

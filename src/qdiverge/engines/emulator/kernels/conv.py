@@ -180,7 +180,9 @@ class Conv(WeightKernel):
             x_zero=x_zero,
             dtype=dtype,
             epilogue=epilogue,
-            ort=conv_sum(_ort_attrs(g), wz.astype(np.float32), x_zero, epilogue) if fast else None,
+            ort=conv_sum(_ort_attrs(g), wz.astype(np.float32), x_zero, (x_enc.qmin, x_enc.qmax), epilogue)
+            if fast
+            else None,
         )
 
     @staticmethod

@@ -95,7 +95,9 @@ def _constant_b_params(
         dtype=dtype,
         bound_per_k=0.0,
         epilogue=epilogue,
-        ort=matmul_sum(wz.astype(np.float32), a_zero, epilogue, trans_a) if fast else None,
+        ort=matmul_sum(wz.astype(np.float32), a_zero, (a_enc.qmin, a_enc.qmax), epilogue, trans_a)
+        if fast
+        else None,
     )
 
 
