@@ -16,7 +16,9 @@ Add/Sub schemes (``Profile.eltwise_method``, §2.5 / §4.5 / §3.2):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -41,6 +43,7 @@ from qdiverge.engines.emulator.kernels.rescale import (
     rescale,
     scalar_encoding,
 )
+from qdiverge.engines.emulator.pair_table import PairTable
 from qdiverge.engines.emulator.registry import Binding, Unsupported, kernel
 from qdiverge.engines.emulator.requant import RequantParams, apply_requant, prepare_requant, quantize_float
 from qdiverge.quant import dequantize, quantize_aimet
@@ -80,6 +83,22 @@ class AddParams:
     ratios: tuple[float, float, float] = (0.0, 0.0, 0.0)  # float: r_a, r_b, fixed part
     dtype: Any = np.float64
     rounding: str = "half_even"
+    table: PairTable | None = None  # 8-bit inputs: this arithmetic on every code pair (``pair_table``)
+
+
+def _tabled(params: Any, arithmetic: Callable[[Any, np.ndarray, np.ndarray], np.ndarray], b: Binding) -> Any:
+    """``params`` with the pair table of ``arithmetic`` when both inputs are 8-bit codes."""
+    table = PairTable.build(partial(arithmetic, params), encoding_of(b, 0), encoding_of(b, 1))
+    return replace(params, table=table)
+
+
+def _run_pair(
+    p: Any, arithmetic: Callable[[Any, np.ndarray, np.ndarray], np.ndarray], a: np.ndarray, b: np.ndarray
+) -> np.ndarray:
+    """The table when there is one, else ``arithmetic`` on int64 codes (the kernels get narrow inputs)."""
+    if p.table is not None:
+        return p.table(a, b)
+    return arithmetic(p, a.astype(np.int64, copy=False), b.astype(np.int64, copy=False))
 
 
 def _prepare_add(b: Binding, sign: int) -> AddParams:
@@ -156,24 +175,28 @@ def _run_add(p: AddParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @kernel("Add")
 class Add:
+    narrow_inputs = True
+
     @staticmethod
     def prepare(b: Binding) -> AddParams:
-        return _prepare_add(b, 1)
+        return _tabled(_prepare_add(b, 1), _run_add, b)
 
     @staticmethod
     def run(p: AddParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return _run_add(p, a, b)
+        return _run_pair(p, _run_add, a, b)
 
 
 @kernel("Sub")
 class Sub:
+    narrow_inputs = True
+
     @staticmethod
     def prepare(b: Binding) -> AddParams:
-        return _prepare_add(b, -1)
+        return _tabled(_prepare_add(b, -1), _run_add, b)
 
     @staticmethod
     def run(p: AddParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return _run_add(p, a, b)
+        return _run_pair(p, _run_add, a, b)
 
 
 # ---------------------------------------------------------------------------------------------- mul, div
@@ -191,6 +214,7 @@ class MulParams:
     qm: int = 0  # Div: M ~= qm * 2^(shift - 31)
     shift: int = 0
     rounding: str = "half_even"
+    table: PairTable | None = None  # 8-bit inputs: this arithmetic on every code pair (``pair_table``)
 
 
 @kernel("Mul")
@@ -205,12 +229,16 @@ class Mul:
         if spec.multiplier not in ("float32", "float64") and ranges[0] * ranges[1] > INT32_MAX:
             raise Unsupported("Mul: the product of the inputs does not fit int32")  # asymmetric 16-bit inputs
         rq = prepare_requant(ratio(spec, sa, sb, so), spec, zo)
-        return MulParams(za, zb, zo, out.qmin, out.qmax, requant=rq)
+        return _tabled(MulParams(za, zb, zo, out.qmin, out.qmax, requant=rq), _run_mul, b)
 
     @staticmethod
     def run(p: MulParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        assert p.requant is not None
-        return apply_requant((a - p.za) * (b - p.zb), p.requant, p.qmin, p.qmax)
+        return _run_pair(p, _run_mul, a, b)
+
+
+def _run_mul(p: MulParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    assert p.requant is not None
+    return apply_requant((a - p.za) * (b - p.zb), p.requant, p.qmin, p.qmax)
 
 
 def _scalar_divisor(b: Binding, sb: float, zb: int) -> float:
@@ -245,22 +273,28 @@ class Div:
         divisor = _scalar_divisor(b, sb, zb)
         if divisor:
             rq = prepare_requant(ratio(spec, sa, 1.0, abs(divisor) * so), spec, zo)
-            return MulParams(za, zb, zo, out.qmin, out.qmax, requant=rq, sign=1 if divisor > 0 else -1)
+            params = MulParams(za, zb, zo, out.qmin, out.qmax, requant=rq, sign=1 if divisor > 0 else -1)
+            return _tabled(params, _run_div, b)
         qm, shift = quantize_multiplier(ratio(spec, sa, 1.0, sb * so))
         if 31 - int(shift[0]) > 62 - 17:  # (b - z_b) << (31 - shift) must fit int64 for 16-bit inputs
             raise Unsupported("Div: multiplier below 2^-14")
         qm0, shift0 = int(qm[0]), int(shift[0])
-        return MulParams(za, zb, zo, out.qmin, out.qmax, qm=qm0, shift=shift0, rounding=spec.rounding)
+        params = MulParams(za, zb, zo, out.qmin, out.qmax, qm=qm0, shift=shift0, rounding=spec.rounding)
+        return _tabled(params, _run_div, b)
 
     @staticmethod
     def run(p: MulParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if p.requant is not None:  # constant divisor: a multiply by its reciprocal
-            return apply_requant((a - p.za) * p.sign, p.requant, p.qmin, p.qmax)
-        num, den = np.broadcast_arrays((a - p.za) * p.qm, (b - p.zb) << (31 - p.shift))
-        safe = np.where(den == 0, 1, den)
-        y = rounding_divide(num, safe, p.rounding) + p.zo
-        y = np.where(den == 0, np.where(num > 0, p.qmax, np.where(num < 0, p.qmin, p.zo)), y)
-        return np.clip(y, p.qmin, p.qmax)
+        return _run_pair(p, _run_div, a, b)
+
+
+def _run_div(p: MulParams, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if p.requant is not None:  # constant divisor: a multiply by its reciprocal
+        return apply_requant((a - p.za) * p.sign, p.requant, p.qmin, p.qmax)
+    num, den = np.broadcast_arrays((a - p.za) * p.qm, (b - p.zb) << (31 - p.shift))
+    safe = np.where(den == 0, 1, den)
+    y = rounding_divide(num, safe, p.rounding) + p.zo
+    y = np.where(den == 0, np.where(num > 0, p.qmax, np.where(num < 0, p.qmin, p.zo)), y)
+    return np.clip(y, p.qmin, p.qmax)
 
 
 # ---------------------------------------------------------------------------------------------- clamps
