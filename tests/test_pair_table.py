@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from kernel_harness import SINGLE_PROFILE, TFLITE_PROFILE, enc
 
+from qdiverge.engines.emulator.code_tables import PairTable
 from qdiverge.engines.emulator.kernels.elementwise import Add, Div, Mul, Sub
-from qdiverge.engines.emulator.pair_table import PairTable
 from qdiverge.engines.emulator.registry import Binding
 from qdiverge.loading.model import Node
 from qdiverge.profiles import load_profile

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from qdiverge.encodings.schema import Encoding
+from qdiverge.engines.emulator.code_tables import code_dtype, code_offsets
 from qdiverge.engines.emulator.fixed_point import round_to_int
 from qdiverge.engines.emulator.registry import Binding, Unsupported, kernel
 from qdiverge.profiles.schema import LutSpec
@@ -108,11 +109,12 @@ def build_table(
     # saturate before rounding so that inf (exp overflow, log 0) lands on the range ends
     v = np.clip(v, enc_out.qmin - z_out - 1, enc_out.qmax - z_out + 1)
     q = np.clip(round_to_int(v, lut.rounding) + z_out, enc_out.qmin, enc_out.qmax)
-    return Table(q.astype(np.int64), enc_in.qmin)
+    return Table(q.astype(code_dtype(enc_out.qmin, enc_out.qmax)), enc_in.qmin)
 
 
 def lookup(table: Table, codes: np.ndarray) -> np.ndarray:
-    return np.take(table.values, codes - table.qmin)
+    """The output codes (the table's narrow dtype) of ``codes`` (any integer dtype)."""
+    return table.values.take(code_offsets(codes, table.qmin))
 
 
 def prepare_table(b: Binding) -> Table:
@@ -139,6 +141,8 @@ class LutActivation:
                 f"{b.node.op_type} is not a table activation on target {b.profile.name} (lut.ops)"
             )
         return prepare_table(b)
+
+    narrow_inputs = True
 
     @staticmethod
     def run(table: Table, x: np.ndarray) -> np.ndarray:

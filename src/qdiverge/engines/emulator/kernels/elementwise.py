@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from qdiverge.encodings.schema import Encoding
+from qdiverge.engines.emulator.code_tables import PairTable
 from qdiverge.engines.emulator.fixed_point import (
     INT16_MAX,
     INT16_MIN,
@@ -43,7 +44,6 @@ from qdiverge.engines.emulator.kernels.rescale import (
     rescale,
     scalar_encoding,
 )
-from qdiverge.engines.emulator.pair_table import PairTable
 from qdiverge.engines.emulator.registry import Binding, Unsupported, kernel
 from qdiverge.engines.emulator.requant import RequantParams, apply_requant, prepare_requant, quantize_float
 from qdiverge.quant import dequantize, quantize_aimet
@@ -83,7 +83,7 @@ class AddParams:
     ratios: tuple[float, float, float] = (0.0, 0.0, 0.0)  # float: r_a, r_b, fixed part
     dtype: Any = np.float64
     rounding: str = "half_even"
-    table: PairTable | None = None  # 8-bit inputs: this arithmetic on every code pair (``pair_table``)
+    table: PairTable | None = None  # 8-bit inputs: this arithmetic on every code pair (``code_tables``)
 
 
 def _tabled(params: Any, arithmetic: Callable[[Any, np.ndarray, np.ndarray], np.ndarray], b: Binding) -> Any:
@@ -214,7 +214,7 @@ class MulParams:
     qm: int = 0  # Div: M ~= qm * 2^(shift - 31)
     shift: int = 0
     rounding: str = "half_even"
-    table: PairTable | None = None  # 8-bit inputs: this arithmetic on every code pair (``pair_table``)
+    table: PairTable | None = None  # 8-bit inputs: this arithmetic on every code pair (``code_tables``)
 
 
 @kernel("Mul")

@@ -1,9 +1,11 @@
-"""Two-input kernels on 8-bit codes as a table of their own integer arithmetic.
+"""Kernels as tables from input codes to output codes, and the index arithmetic they share.
 
-An 8-bit Add / Sub / Mul / Div output code depends on nothing but the two input codes, so the kernel's
-arithmetic evaluated once on all ``2^8 x 2^8`` code pairs *is* that function: indexing the table gives the
-same codes bit for bit, at the cost of one 16-bit index pass and a gather instead of several int64 passes
-per element (the arithmetic stays the single definition; the table is only how it is evaluated).
+Unary activations are tables by definition (``kernels.activation``). Two-input kernels on 8-bit codes are
+tables of their own integer arithmetic: an 8-bit Add / Sub / Mul / Div output code depends on nothing but the
+two input codes, so the kernel's arithmetic evaluated once on all ``2^8 x 2^8`` code pairs *is* that function.
+Indexing the table gives the same codes bit for bit, at the cost of one 16-bit index pass and a gather instead
+of several int64 passes per element (the arithmetic stays the single definition; the table is only how it is
+evaluated).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from qdiverge.encodings.schema import Encoding
 _BITS = 8  # codes per input: 2^8, so a pair is a 16-bit index
 
 
-def _code_dtype(lo: int, hi: int) -> type:
+def code_dtype(lo: int, hi: int) -> type:
     """The narrowest integer dtype holding ``[lo, hi]``."""
     for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32):
         info = np.iinfo(dtype)
@@ -27,8 +29,8 @@ def _code_dtype(lo: int, hi: int) -> type:
     return np.int64
 
 
-def _offsets(x: np.ndarray, lo: int) -> np.ndarray:
-    """``x - lo`` (codes of an encoding whose lowest code is ``lo``) as a new uint16 array."""
+def code_offsets(x: np.ndarray, lo: int) -> np.ndarray:
+    """``x - lo`` (codes of an encoding whose lowest code is ``lo``, at most 16 bits) as a new uint16 array."""
     if x.dtype == np.uint8 and lo == 0:
         return x.astype(np.uint16)
     if x.dtype == np.int8 and lo == -128:
@@ -59,13 +61,13 @@ class PairTable:
         b = np.arange(enc_b.qmin, enc_b.qmin + (1 << _BITS), dtype=np.int64)[None, :]
         b = np.minimum(b, enc_b.qmax)  # the unused columns of a narrower b repeat its top code
         codes = np.broadcast_to(kernel(a, b), (a.shape[0], b.shape[1]))
-        dtype = _code_dtype(int(codes.min()), int(codes.max()))
+        dtype = code_dtype(int(codes.min()), int(codes.max()))
         return cls(np.ascontiguousarray(codes, dtype=dtype).reshape(-1), enc_a.qmin, enc_b.qmin)
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        index = _offsets(a, self.a_min)
+        index = code_offsets(a, self.a_min)
         index <<= _BITS
-        b_offsets = _offsets(b, self.b_min)
+        b_offsets = code_offsets(b, self.b_min)
         in_place = index.shape == np.broadcast_shapes(index.shape, b_offsets.shape)
         index = np.bitwise_or(index, b_offsets, out=index if in_place else None)
         return self.values.take(index)
