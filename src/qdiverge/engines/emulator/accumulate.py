@@ -28,6 +28,7 @@ and the numpy ``Epilogue`` finishes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from qdiverge.engines.base import make_session
+from qdiverge.engines.emulator import compiled
 from qdiverge.engines.emulator.linear import Epilogue
 from qdiverge.engines.emulator.requant import along_axis
 
@@ -52,6 +54,22 @@ _CODE_TYPES = {
 _CHUNK_ELEMENTS = 1 << 20
 
 
+@dataclass(frozen=True)
+class CompiledTail:
+    """A requantization tail run by ``compiled`` on the session's float32 accumulator: the same operations as
+    the session tail it replaces (``kind``: prescaled | float | hardswish), in one pass."""
+
+    kind: str
+    params: tuple[Any, ...]  # per-channel float32 arrays of shape (C,), then float32 scalars
+    out_dtype: Any
+    channel_last: bool  # Gemm / MatMul: channels on the last axis; Conv: axis 1
+
+    def __call__(self, acc: np.ndarray) -> np.ndarray:
+        channels = self.params[0].size
+        view = acc.reshape(-1, channels, 1) if self.channel_last else acc.reshape(*acc.shape[:2], -1)
+        return compiled.requant_tail(self.kind, view, self.params, self.out_dtype).reshape(acc.shape)
+
+
 class OrtSum:
     """``x`` (codes, any integer dtype) -> exact accumulator (float32), or output codes (the narrow
     QuantizeLinear type, e.g. uint8) when ``requantizes``. The session takes the codes in their narrowest
@@ -67,12 +85,14 @@ class OrtSum:
         feeds: dict[str, np.ndarray],
         requantizes: bool,
         chunkable: bool = True,
+        tail: CompiledTail | None = None,
     ):
         self.model: onnx.ModelProto | None = model
         self.x_dtype = helper.tensor_dtype_to_np_dtype(model.graph.input[0].type.tensor_type.elem_type)
         self.feeds = feeds
-        self.requantizes = requantizes
+        self.requantizes = requantizes or tail is not None
         self.chunkable = chunkable
+        self.tail = tail  # finishes the session's accumulator in one compiled pass
         self._session: Any = None
         self._row_size: dict[tuple[int, ...], int] = {}  # output elements per input row, by row shape
 
@@ -83,7 +103,8 @@ class OrtSum:
         return y if self.requantizes else epilogue(y, axis=axis)
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        return self._session.run(None, {"xq": x.astype(self.x_dtype, copy=False), **self.feeds})[0]
+        y = self._session.run(None, {"xq": x.astype(self.x_dtype, copy=False), **self.feeds})[0]
+        return y if self.tail is None else self.tail(y)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if self._session is None:
@@ -271,6 +292,34 @@ def _hardswish_nodes(ep: Epilogue, channel_shape: tuple[int, ...], code_type: in
     return tail.round_and_finish("q", code_type)
 
 
+def _compiled_tail(ep: Epilogue, channels: int, channel_last: bool) -> CompiledTail | None:
+    """The session tail as one ``compiled`` pass, when numba is in use and the tail has a compiled form."""
+    if not compiled.enabled():
+        return None
+    f32 = np.float32
+
+    def per_channel(values: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(np.asarray(values, dtype=np.float64).reshape(-1), (channels,)).astype(f32)
+
+    last = (f32(ep.out_zero_point), f32(ep.qmin), f32(ep.qmax))
+    if _prescaled_steps(ep) is not None:
+        mq = ep.requant.multiplier.astype(np.float64)
+        kind, params, code_type = (
+            "prescaled",
+            (per_channel(2 * mq), per_channel(mq), *last),
+            _prescaled_type(ep),
+        )
+    elif _hardswish_type(ep) is not None and ep.act_dtype is np.float32:
+        params = (per_channel(ep.acc_scale), f32(ep.out_scale), *last)
+        kind, code_type = "hardswish", _hardswish_type(ep)
+    elif _code_type(ep) is not None:
+        kind, params, code_type = "float", (per_channel(ep.requant.multiplier), *last), _code_type(ep)
+    else:
+        return None
+    assert code_type is not None
+    return CompiledTail(kind, params, helper.tensor_dtype_to_np_dtype(code_type), channel_last)
+
+
 def _bias_in_node(ep: Epilogue) -> bool:
     """Whether the Conv/Gemm node adds the int32 bias (float32, exact) rather than the tail or numpy."""
     if _prescaled_steps(ep) is not None or _code_type(ep) is not None:
@@ -304,10 +353,12 @@ def _session_model(
     channel_shape: tuple[int, ...],
     x_zero: int,
     x_range: tuple[int, int],
+    compiled_tail: CompiledTail | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, np.ndarray], bool]:
     """Graph ``xq -> x -> node [-> requantization]``; ``node`` reads the centred ``x`` and writes ``acc``.
 
-    ``channel_shape`` is how a per-channel multiplier broadcasts against the accumulator.
+    ``channel_shape`` is how a per-channel multiplier broadcasts against the accumulator. With a
+    ``compiled_tail`` the graph ends at ``acc`` (the node adds the bias; the tail requantizes).
     """
     x_type, nodes, centring = _centring(x_zero, x_range)
     inits = [*inits, *centring]
@@ -316,7 +367,9 @@ def _session_model(
     code_type = _code_type(ep)
     prescaled_type, hardswish_type = _prescaled_type(ep), _hardswish_type(ep)
     tail = None
-    if prescaled_type is not None and _prescaled_steps(ep) is not None:
+    if compiled_tail is not None:
+        code_type = None  # the graph ends at the accumulator
+    elif prescaled_type is not None and _prescaled_steps(ep) is not None:
         tail, out_type = _prescaled_f32_nodes(ep, channel_shape, prescaled_type), prescaled_type
     elif prescaled_type is not None:
         tail, out_type = _prescaled_nodes(ep, channel_shape, prescaled_type), prescaled_type
@@ -397,8 +450,9 @@ def conv_sum(
     inits = [numpy_helper.from_array(weights, "w"), *bias]
     node = helper.make_node("Conv", ["x", "w", "b"][: len(inits) + 1], ["acc"], **attrs)
     channel_shape = (weights.shape[0],) + (1,) * (weights.ndim - 2)
-    model, feeds, requantizes = _session_model(node, inits, ep, channel_shape, x_zero, x_range)
-    return OrtSum(model, feeds, requantizes)
+    tail = _compiled_tail(ep, weights.shape[0], channel_last=False)
+    model, feeds, requantizes = _session_model(node, inits, ep, channel_shape, x_zero, x_range, tail)
+    return OrtSum(model, feeds, requantizes, tail=tail)
 
 
 def matmul_sum(
@@ -412,8 +466,9 @@ def matmul_sum(
         node = helper.make_node("MatMul", ["x", "w"], ["acc" if not bias else "acc_nobias"])
     else:
         node = helper.make_node("Gemm", ["x", "w", "b"][: len(inits) + 1], ["acc"], transA=int(trans_a))
-    model, feeds, requantizes = _session_model(node, inits, ep, (weights.shape[1],), x_zero, x_range)
+    tail = _compiled_tail(ep, weights.shape[1], channel_last=True)
+    model, feeds, requantizes = _session_model(node, inits, ep, (weights.shape[1],), x_zero, x_range, tail)
     if trans_a is None and bias:
         position = [n.op_type for n in model.graph.node].index("MatMul") + 1
         model.graph.node.insert(position, helper.make_node("Add", ["acc_nobias", "b"], ["acc"]))
-    return OrtSum(model, feeds, requantizes, chunkable=not trans_a)
+    return OrtSum(model, feeds, requantizes, chunkable=not trans_a, tail=tail)

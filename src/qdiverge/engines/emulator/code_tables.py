@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qdiverge.encodings.schema import Encoding
+from qdiverge.engines.emulator import compiled
 
 _BITS = 8  # codes per input: 2^8, so a pair is a 16-bit index
 
@@ -65,6 +66,8 @@ class PairTable:
         return cls(np.ascontiguousarray(codes, dtype=dtype).reshape(-1), enc_a.qmin, enc_b.qmin)
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        if compiled.enabled() and max(a.ndim, b.ndim) <= 4:
+            return compiled.pair_lookup(a, b, self.values, self.a_min, self.b_min)
         index = code_offsets(a, self.a_min)
         index <<= _BITS
         b_offsets = code_offsets(b, self.b_min)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from qdiverge.encodings.schema import Encoding
+from qdiverge.engines.emulator import compiled
 from qdiverge.engines.emulator.code_tables import code_dtype, code_offsets
 from qdiverge.engines.emulator.fixed_point import round_to_int
 from qdiverge.engines.emulator.registry import Binding, Unsupported, kernel
@@ -114,6 +115,8 @@ def build_table(
 
 def lookup(table: Table, codes: np.ndarray) -> np.ndarray:
     """The output codes (the table's narrow dtype) of ``codes`` (any integer dtype)."""
+    if compiled.enabled():
+        return compiled.lookup(codes, table.values, table.qmin)
     return table.values.take(code_offsets(codes, table.qmin))
 
 

@@ -1,0 +1,133 @@
+"""Compiled one-pass forms of the emulator's element-wise hot spots (numba, the optional ``fast`` extra).
+
+Each kernel performs the same operations, in the same order and precision, as the numpy / onnxruntime form it
+replaces (numba compiles without fast-math: no contraction into FMAs, no reassociation), so results are
+bit-identical; what changes is that a requantization tail of four or five passes over a float32 tensor, or a
+table lookup that needs index arrays, becomes one multi-threaded pass. Tests run both forms.
+
+Without numba, or with ``QDIVERGE_JIT=0`` in the environment, ``enabled()`` is False and callers keep their
+onnxruntime / numpy forms. Compiled code is cached on disk (numba's ``cache=True``), so only the first run on
+a machine pays the compilation (a few seconds).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+try:
+    import numba
+except ImportError:  # the optional ``fast`` extra is not installed
+    numba = None
+
+_ON = numba is not None and os.environ.get("QDIVERGE_JIT", "1") != "0"
+
+
+def enabled() -> bool:
+    """Whether the compiled kernels are in use (numba installed and not disabled)."""
+    return _ON
+
+
+def set_enabled(on: bool) -> bool:
+    """Switch the compiled kernels on or off (tests compare both forms); returns the previous state.
+
+    Takes effect for kernels bound afterwards. Cannot switch on without numba."""
+    global _ON
+    previous, _ON = _ON, bool(on) and numba is not None
+    return previous
+
+
+def _jit(fn: Any) -> Any:
+    return numba.njit(parallel=True, cache=True, nogil=True)(fn) if numba is not None else fn
+
+
+# ---- requantization tails: acc (outer, C, inner) float32 -> codes, per-channel parameters of shape (C,) ----
+
+
+@_jit
+def _prescaled_tail(acc, mq2, mq, zp, qmin, qmax, out):  # pragma: no cover - compiled
+    # k = floor((acc + bias) * 2^-g); y = R((2k + 1) mq / 2^16) + zp  (see accumulate: exact in float32)
+    outer, channels, inner = acc.shape
+    for t in numba.prange(outer * channels):
+        i, c = t // channels, t % channels
+        for j in range(inner):
+            u = np.floor(acc[i, c, j]) * mq2[c] + mq[c]
+            y = np.rint(u * np.float32(1.0 / 65536.0)) + zp
+            out[i, c, j] = min(max(y, qmin), qmax)
+
+
+@_jit
+def _float_tail(acc, m, zp, qmin, qmax, out):  # pragma: no cover - compiled
+    # ORT-style: R_even(fl32((acc + bias) * m)) + zp, clamped
+    outer, channels, inner = acc.shape
+    for t in numba.prange(outer * channels):
+        i, c = t // channels, t % channels
+        for j in range(inner):
+            y = np.rint(acc[i, c, j] * m[c]) + zp
+            out[i, c, j] = min(max(y, qmin), qmax)
+
+
+@_jit
+def _hardswish_tail(acc, acc_scale, out_scale, zp, qmin, qmax, out):  # pragma: no cover - compiled
+    # real = (acc + bias) * s_acc; real * clip(real + 3, 0, 6) / 6 / s_out; R_even; + zp; clamp (float32)
+    outer, channels, inner = acc.shape
+    three, six, zero = np.float32(3.0), np.float32(6.0), np.float32(0.0)
+    for t in numba.prange(outer * channels):
+        i, c = t // channels, t % channels
+        for j in range(inner):
+            v = acc[i, c, j] * acc_scale[c]
+            gate = min(max(v + three, zero), six)
+            y = np.rint(v * gate / six / out_scale) + zp
+            out[i, c, j] = min(max(y, qmin), qmax)
+
+
+@_jit
+def _pair_lookup(a, b, table, a_min, b_min, out):  # pragma: no cover - compiled
+    # a, b: 4-D views broadcast to out's shape; table[(a - a_min) << 8 | (b - b_min)]
+    n0, n1, n2, n3 = out.shape
+    for t in numba.prange(n0 * n1):
+        i, k = t // n1, t % n1
+        for p in range(n2):
+            for q in range(n3):
+                out[i, k, p, q] = table[((a[i, k, p, q] - a_min) << 8) | (b[i, k, p, q] - b_min)]
+
+
+@_jit
+def _lookup(x, table, qmin, out):  # pragma: no cover - compiled
+    n = x.size
+    chunk = 1 << 16
+    for t in numba.prange((n + chunk - 1) // chunk):
+        for j in range(t * chunk, min(n, (t + 1) * chunk)):
+            out[j] = table[x[j] - qmin]
+
+
+TAILS = {"prescaled": _prescaled_tail, "float": _float_tail, "hardswish": _hardswish_tail}
+
+
+def requant_tail(kind: str, acc: np.ndarray, params: tuple[Any, ...], out_dtype: Any) -> np.ndarray:
+    """Codes of ``acc`` (outer, C, inner) float32 through tail ``kind`` with ``params`` (see ``TAILS``)."""
+    out = np.empty(acc.shape, dtype=out_dtype)
+    TAILS[kind](acc, *params, out)
+    return out
+
+
+def pair_lookup(a: np.ndarray, b: np.ndarray, table: np.ndarray, a_min: int, b_min: int) -> np.ndarray:
+    """``table[(a - a_min) << 8 | (b - b_min)]`` with numpy broadcasting (at most 4 dimensions)."""
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    if len(shape) > 4:
+        raise ValueError("more than 4 dimensions")
+    full = (1,) * (4 - len(shape)) + shape
+    out = np.empty(full, dtype=table.dtype)
+    views = [np.broadcast_to(x.reshape((1,) * (4 - x.ndim) + x.shape), full) for x in (a, b)]
+    _pair_lookup(views[0], views[1], table, a_min, b_min, out)
+    return out.reshape(shape)
+
+
+def lookup(x: np.ndarray, table: np.ndarray, qmin: int) -> np.ndarray:
+    """``table[x - qmin]`` in one parallel pass."""
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty(flat.shape, dtype=table.dtype)
+    _lookup(flat, table, qmin, out)
+    return out.reshape(x.shape)
