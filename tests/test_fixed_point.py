@@ -206,3 +206,13 @@ def test_q12_prescaled_equals_exact_reference_and_rounds_ties_up():
         apply_requant(acc, wide, -(2**15), 2**15 - 1, axis=1),
         apply_requant(acc, q31, -(2**15), 2**15 - 1, axis=1),
     )
+
+
+@pytest.mark.parametrize("rounding", ["half_up", "half_away", "half_even"])
+def test_round_small_equals_general_rule_on_every_float16(rounding):
+    """The one-floor forms for small values equal the tie-tested rules on all finite float16 values."""
+    every = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    every = every[np.isfinite(every)].astype(np.float32)
+    np.testing.assert_array_equal(
+        fx.round_to_float(every, rounding), fx.round_to_int(every.astype(np.float64), rounding)
+    )

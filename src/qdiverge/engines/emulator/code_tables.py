@@ -17,6 +17,7 @@ import numpy as np
 
 from qdiverge.encodings.schema import Encoding
 from qdiverge.engines.emulator import compiled
+from qdiverge.engines.emulator.row_blocks import in_row_blocks
 
 _BITS = 8  # codes per input: 2^8, so a pair is a 16-bit index
 
@@ -68,6 +69,10 @@ class PairTable:
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         if compiled.enabled() and max(a.ndim, b.ndim) <= 4:
             return compiled.pair_lookup(a, b, self.values, self.a_min, self.b_min)
+        shape = np.broadcast_shapes(a.shape, b.shape)
+        return in_row_blocks(self._lookup, shape, self.values.dtype, a, b)
+
+    def _lookup(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         index = code_offsets(a, self.a_min)
         index <<= _BITS
         b_offsets = code_offsets(b, self.b_min)

@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 
-try:
-    import numba
-except ImportError:  # the optional ``fast`` extra is not installed
-    numba = None
+numba: Any = None
+if os.environ.get("QDIVERGE_JIT", "1") != "0":  # importing numba costs ~120 MB of memory: only when used
+    try:
+        import numba
+    except ImportError:  # the optional ``fast`` extra is not installed
+        numba = None
 
-_ON = numba is not None and os.environ.get("QDIVERGE_JIT", "1") != "0"
+_ON = numba is not None
 
 
 def enabled() -> bool:

@@ -83,6 +83,19 @@ def rounding_divide(num: np.ndarray, den: np.ndarray | int, rounding: str) -> np
     return _round_parts(floor, 2 * rem > den, 2 * rem == den, num < 0, rounding)
 
 
+def round_to_float(v: np.ndarray, rounding: str) -> np.ndarray:
+    """Round small floats (``|v| < 2^22``, e.g. float16 values) to integers in their own float dtype.
+
+    ``|v| + 1/2`` is exact there, so the half-up / half-away rules are one ``floor`` each, no tie test."""
+    v = np.asarray(v)
+    half = v.dtype.type(0.5)
+    if rounding == "half_up":
+        return np.floor(v + half)
+    if rounding == "half_away":
+        return np.copysign(np.floor(np.abs(v) + half), v)
+    return round_to_int(v, rounding).astype(v.dtype)
+
+
 def round_to_int(v: np.ndarray, rounding: str) -> np.ndarray:
     """Round a float array to int64 with tie rule ``rounding`` (exact for float32 and float64 inputs)."""
     v = np.asarray(v)

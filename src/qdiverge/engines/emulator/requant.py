@@ -159,8 +159,10 @@ def quantize_float(
     x = np.asarray(x, dtype=np.float32)
     scale, offset, _, _ = float32_params(enc, x.shape)
     if fp16 and enc.bitwidth <= 8:
-        product = (x * (np.float32(1.0) / scale)).astype(np.float16).astype(np.float64)
-        q_u = fx.round_to_int(product, rounding) - offset.astype(np.int64)
+        # float16 values are small integers' neighbours: every step below is exact in float32
+        product = (x * (np.float32(1.0) / scale)).astype(np.float16).astype(np.float32)
+        q_f = fx.round_to_float(product, rounding) - offset
+        return (np.clip(q_f, 0, enc.num_steps) + enc.qmin).astype(np.int64)
     elif reciprocal:
         q_u = fx.round_to_int(x * (np.float32(1.0) / scale) - offset, rounding)
     else:

@@ -31,6 +31,7 @@ from qdiverge.encodings.schema import Encoding, EncodingSet, encoding_from_range
 from qdiverge.engines.base import make_session
 from qdiverge.engines.emulator import registry
 from qdiverge.engines.emulator.requant import quantize_float
+from qdiverge.engines.emulator.row_blocks import in_row_blocks
 from qdiverge.engines.emulator.static import SHAPE_OPS, Constants, static_encoding, subgraph_model
 from qdiverge.engines.qtensor import QTensor
 from qdiverge.errors import InputError
@@ -325,9 +326,14 @@ class Emulator:
         if enc is None or enc.is_float:
             return QTensor(np.asarray(value), None)
         prof = self.profile
-        return QTensor(
-            quantize_float(value, enc, prof.input_rounding, prof.input_reciprocal, prof.input_fp16), enc
-        )
+        x = np.asarray(value, dtype=np.float32)
+
+        def quantize(v: np.ndarray) -> np.ndarray:
+            return quantize_float(v, enc, prof.input_rounding, prof.input_reciprocal, prof.input_fp16)
+
+        if enc.per_channel:  # its scales run along one axis: quantize whole
+            return QTensor(quantize(x), enc)
+        return QTensor(in_row_blocks(quantize, x.shape, np.dtype(np.int64), x), enc)
 
     def run(self, feeds: Mapping[str, np.ndarray], keep: str = "outputs") -> dict[str, QTensor]:
         """Run every step on float ``feeds``; return the graph outputs (``keep="all"``: every tensor)."""

@@ -26,6 +26,7 @@ from qdiverge.engines.emulator import compiled
 from qdiverge.engines.emulator.code_tables import code_dtype, code_offsets
 from qdiverge.engines.emulator.fixed_point import round_to_int
 from qdiverge.engines.emulator.registry import Binding, Unsupported, kernel
+from qdiverge.engines.emulator.row_blocks import in_row_blocks
 from qdiverge.profiles.schema import LutSpec
 
 Function = Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]
@@ -117,7 +118,9 @@ def lookup(table: Table, codes: np.ndarray) -> np.ndarray:
     """The output codes (the table's narrow dtype) of ``codes`` (any integer dtype)."""
     if compiled.enabled():
         return compiled.lookup(codes, table.values, table.qmin)
-    return table.values.take(code_offsets(codes, table.qmin))
+    return in_row_blocks(
+        lambda x: table.values.take(code_offsets(x, table.qmin)), codes.shape, table.values.dtype, codes
+    )
 
 
 def prepare_table(b: Binding) -> Table:

@@ -241,13 +241,19 @@ class AveragePool:
 
 
 def _reduce(p: MeanParams, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
-    total = np.sum(x - p.z_in, axis=axes, keepdims=keepdims)
+    """Mean over ``axes`` of codes ``x`` (any integer dtype): ``sum(q) - count * z_in``, exact."""
     count = math.prod(x.shape[a] for a in axes)
+    # unsigned codes sum in uint32 when that cannot overflow (half the memory traffic of int64)
+    narrow = x.dtype.kind == "u" and count * int(np.iinfo(x.dtype).max) < 1 << 32
+    total = np.sum(x, axis=axes, keepdims=keepdims, dtype=np.uint32 if narrow else np.int64)
+    total = total.astype(np.int64) - count * p.z_in
     return _mean(p, total, np.full(total.shape, count, dtype=np.int64))
 
 
 @kernel("GlobalAveragePool")
 class GlobalAveragePool:
+    narrow_inputs = True
+
     @staticmethod
     def prepare(b: Binding) -> MeanParams:
         return _prepare_mean(b, {math.prod(b.known_shape(0)[2:])}, float_ok=False)
@@ -259,6 +265,8 @@ class GlobalAveragePool:
 
 @kernel("ReduceMean")
 class ReduceMean:
+    narrow_inputs = True
+
     @staticmethod
     def prepare(b: Binding) -> tuple[tuple[int, ...], bool, MeanParams]:
         shape = b.known_shape(0)
