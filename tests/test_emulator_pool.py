@@ -141,7 +141,7 @@ def test_max_pool_equals_loop_reference_and_rescales(attrs):
 
 
 @pytest.mark.parametrize("signed", [False, True])
-def test_global_average_pool_equals_ort_qlinearglobalaveragepool(signed):
+def test_global_average_pool_equals_ort_qlinearglobalaveragepool(signed, jit):
     e_in, e_out = enc(0.07, 17 - 128 * signed, signed=signed), enc(0.01, 40 - 128 * signed, signed=signed)
     x = RNG.integers(e_in.qmin, e_in.qmax + 1, (2, 16, 7, 7))
     want = ort_run(
@@ -155,7 +155,7 @@ def test_global_average_pool_equals_ort_qlinearglobalaveragepool(signed):
 
 @pytest.mark.parametrize("form", ["attribute", "input"])
 @pytest.mark.parametrize("axes, keepdims", [([1], 1), ([-1, 2], 0), (None, 1)])
-def test_reduce_mean_equals_exact_rescale_of_the_sum(axes, keepdims, form):
+def test_reduce_mean_equals_exact_rescale_of_the_sum(axes, keepdims, form, jit):
     e_in, e_out = enc(0.03, 5, signed=True), enc(0.02, -7, signed=True)
     x = RNG.integers(-128, 128, (2, 3, 4, 5))
     attrs: dict = {"keepdims": keepdims}

@@ -44,7 +44,7 @@ PROFILES = [
 @pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.name)
 @pytest.mark.parametrize("kernel", [Add, Sub, Mul, Div], ids=lambda k: k.__name__)
 @pytest.mark.parametrize("signed", [False, True])
-def test_pair_table_equals_the_kernel_arithmetic(profile, kernel, signed):
+def test_pair_table_equals_the_kernel_arithmetic(profile, kernel, signed, jit):
     rng = np.random.default_rng(7)
     ea, eb, eo = (
         enc(0.031, 3 - 128 * signed, signed=signed),

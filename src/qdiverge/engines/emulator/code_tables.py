@@ -47,6 +47,7 @@ class PairTable:
     values: np.ndarray
     a_min: int
     b_min: int
+    b_major: np.ndarray  # the same table indexed ``(b - b_min) << 8 | (a - a_min)``
 
     @classmethod
     def build(
@@ -64,11 +65,22 @@ class PairTable:
         b = np.minimum(b, enc_b.qmax)  # the unused columns of a narrower b repeat its top code
         codes = np.broadcast_to(kernel(a, b), (a.shape[0], b.shape[1]))
         dtype = code_dtype(int(codes.min()), int(codes.max()))
-        return cls(np.ascontiguousarray(codes, dtype=dtype).reshape(-1), enc_a.qmin, enc_b.qmin)
+        square = np.zeros((1 << _BITS, 1 << _BITS), dtype=dtype)
+        square[: codes.shape[0]] = codes
+        return cls(
+            np.ascontiguousarray(codes, dtype=dtype).reshape(-1),
+            enc_a.qmin,
+            enc_b.qmin,
+            np.ascontiguousarray(square.T).reshape(-1),
+        )
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        if compiled.enabled() and max(a.ndim, b.ndim) <= 4:
-            return compiled.pair_lookup(a, b, self.values, self.a_min, self.b_min)
+        if compiled.enabled():
+            rows = compiled.row_pair_lookup(a, b, self.b_major, self.a_min, self.b_min)
+            if rows is not None:
+                return rows
+            if max(a.ndim, b.ndim) <= 4:
+                return compiled.pair_lookup(a, b, self.values, self.a_min, self.b_min)
         shape = np.broadcast_shapes(a.shape, b.shape)
         return in_row_blocks(self._lookup, shape, self.values.dtype, a, b)
 

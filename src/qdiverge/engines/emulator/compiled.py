@@ -45,6 +45,11 @@ def _jit(fn: Any) -> Any:
     return numba.njit(parallel=True, cache=True, nogil=True)(fn) if numba is not None else fn
 
 
+def _inline(fn: Any) -> Any:
+    """A scalar helper compiled into the kernels that call it."""
+    return numba.njit(cache=True, inline="always")(fn) if numba is not None else fn
+
+
 # ---- requantization tails: acc (outer, C, inner) float32 -> codes, per-channel parameters of shape (C,) ----
 
 
@@ -97,12 +102,67 @@ def _pair_lookup(a, b, table, a_min, b_min, out):  # pragma: no cover - compiled
 
 
 @_jit
+def _row_pair_lookup(a, b, table, a_min, b_min, out):  # pragma: no cover - compiled
+    # a (R, P) contiguous, b (R,): one code of b per row (b broadcast over a row), so each row reads one
+    # 256-entry slice of the table stored b-major: table[(b - b_min) << 8 | (a - a_min)]
+    rows, inner = a.shape
+    for i in numba.prange(rows):
+        base = (b[i] - b_min) << 8
+        for j in range(inner):
+            out[i, j] = table[base + a[i, j] - a_min]
+
+
+@_jit
 def _lookup(x, table, qmin, out):  # pragma: no cover - compiled
     n = x.size
     chunk = 1 << 16
     for t in numba.prange((n + chunk - 1) // chunk):
         for j in range(t * chunk, min(n, (t + 1) * chunk)):
             out[j] = table[x[j] - qmin]
+
+
+@_inline
+def _nearest_float16(v):  # pragma: no cover - compiled
+    # the float16 value nearest to float32 v, ties to even (numpy's astype(float16)), as a float32: the
+    # mantissa rounded to 10 bits on the bit pattern (a carry moves into the exponent); a fixed 2^-24 step
+    # below 2^-14 (float16 subnormals); infinity from 65520 on
+    u = np.float32(v).view(np.uint32)
+    magnitude = u & np.uint32(0x7FFFFFFF)
+    if magnitude > np.uint32(0x7F800000):  # NaN stays NaN
+        return np.float32(v)
+    if magnitude >= np.uint32(0x477FF000):  # 65520.0
+        return np.uint32((u & np.uint32(0x80000000)) | np.uint32(0x7F800000)).view(np.float32)
+    if magnitude < np.uint32(0x38800000):  # 2^-14
+        return np.rint(np.float32(v) * np.float32(2.0**24)) * np.float32(2.0**-24)
+    odd = (u >> np.uint32(13)) & np.uint32(1)
+    return np.uint32((u + np.uint32(0x0FFF) + odd) & np.uint32(0xFFFFE000)).view(np.float32)
+
+
+@_jit
+def _quantize_fp16(x, inv_scale, offset, steps, qmin, rule, out):  # pragma: no cover - compiled
+    # HTP graph input: R(fp16(x * (1/s))) - offset, clamped to [0, steps], + qmin; rule 0 even, 1 up, 2 away
+    n = x.size
+    chunk = 1 << 16
+    for t in numba.prange((n + chunk - 1) // chunk):
+        for j in range(t * chunk, min(n, (t + 1) * chunk)):
+            h = _nearest_float16(x[j] * inv_scale)
+            if rule == 0:
+                r = np.rint(h)
+            elif rule == 1:
+                r = np.floor(h + np.float32(0.5))
+            else:
+                r = np.copysign(np.floor(np.abs(h) + np.float32(0.5)), h)
+            out[j] = min(max(r - offset, np.float32(0.0)), steps) + qmin
+
+
+@_jit
+def _row_sums(x, out):  # pragma: no cover - compiled
+    rows, inner = x.shape
+    for i in numba.prange(rows):
+        total = 0
+        for j in range(inner):
+            total += x[i, j]
+        out[i] = total
 
 
 TAILS = {"prescaled": _prescaled_tail, "float": _float_tail, "hardswish": _hardswish_tail}
@@ -113,6 +173,23 @@ def requant_tail(kind: str, acc: np.ndarray, params: tuple[Any, ...], out_dtype:
     out = np.empty(acc.shape, dtype=out_dtype)
     TAILS[kind](acc, *params, out)
     return out
+
+
+def row_pair_lookup(
+    a: np.ndarray, b: np.ndarray, b_major: np.ndarray, a_min: int, b_min: int
+) -> np.ndarray | None:
+    """``b_major[(b - b_min) << 8 | (a - a_min)]`` when ``b`` holds one code per leading index of ``a`` (an
+    SE block's (N, C, 1, 1) scale times (N, C, H, W) features), else None."""
+    if a.ndim != b.ndim or a.ndim < 2:
+        return None
+    lead = next((k for k in range(a.ndim) if b.shape[k] == 1 and a.shape[k] != 1), a.ndim)
+    if b.shape[:lead] != a.shape[:lead] or any(n != 1 for n in b.shape[lead:]):
+        return None
+    rows = int(np.prod(a.shape[:lead]))
+    a2 = np.ascontiguousarray(a).reshape(rows, -1)
+    out = np.empty(a2.shape, dtype=b_major.dtype)
+    _row_pair_lookup(a2, np.ascontiguousarray(b).reshape(rows), b_major, a_min, b_min, out)
+    return out.reshape(a.shape)
 
 
 def pair_lookup(a: np.ndarray, b: np.ndarray, table: np.ndarray, a_min: int, b_min: int) -> np.ndarray:
@@ -133,3 +210,25 @@ def lookup(x: np.ndarray, table: np.ndarray, qmin: int) -> np.ndarray:
     out = np.empty(flat.shape, dtype=table.dtype)
     _lookup(flat, table, qmin, out)
     return out.reshape(x.shape)
+
+
+ROUNDING_RULES = {"half_even": 0, "half_up": 1, "half_away": 2}
+
+
+def quantize_fp16(
+    x: np.ndarray, inv_scale: np.float32, offset: float, steps: int, qmin: int, rounding: str
+) -> np.ndarray:
+    """``clamp(R(fp16(x * inv_scale)) - offset, 0, steps) + qmin`` as int64, per-tensor parameters."""
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.empty(flat.shape, dtype=np.int64)
+    _quantize_fp16(
+        flat, inv_scale, np.float32(offset), np.float32(steps), qmin, ROUNDING_RULES[rounding], out
+    )
+    return out.reshape(x.shape)
+
+
+def row_sums(x: np.ndarray) -> np.ndarray:
+    """Exact int64 sums of the rows of the 2-D integer array ``x``."""
+    out = np.empty(x.shape[0], dtype=np.int64)
+    _row_sums(np.ascontiguousarray(x), out)
+    return out

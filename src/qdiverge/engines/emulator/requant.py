@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from qdiverge.encodings.schema import Encoding
+from qdiverge.engines.emulator import compiled
 from qdiverge.engines.emulator import fixed_point as fx
 from qdiverge.profiles.schema import RequantSpec
 from qdiverge.quant import float32_params
@@ -159,6 +160,11 @@ def quantize_float(
     x = np.asarray(x, dtype=np.float32)
     scale, offset, _, _ = float32_params(enc, x.shape)
     if fp16 and enc.bitwidth <= 8:
+        if compiled.enabled() and rounding in compiled.ROUNDING_RULES and scale.size == 1:
+            inv = np.float32(1.0) / scale.reshape(())
+            return compiled.quantize_fp16(
+                x, inv, float(offset.reshape(-1)[0]), enc.num_steps, enc.qmin, rounding
+            )
         # float16 values are small integers' neighbours: every step below is exact in float32
         product = (x * (np.float32(1.0) / scale)).astype(np.float16).astype(np.float32)
         q_f = fx.round_to_float(product, rounding) - offset

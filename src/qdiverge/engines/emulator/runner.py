@@ -29,7 +29,7 @@ import onnx
 
 from qdiverge.encodings.schema import Encoding, EncodingSet, encoding_from_range
 from qdiverge.engines.base import make_session
-from qdiverge.engines.emulator import registry
+from qdiverge.engines.emulator import compiled, registry
 from qdiverge.engines.emulator.requant import quantize_float
 from qdiverge.engines.emulator.row_blocks import in_row_blocks
 from qdiverge.engines.emulator.static import SHAPE_OPS, Constants, static_encoding, subgraph_model
@@ -331,7 +331,7 @@ class Emulator:
         def quantize(v: np.ndarray) -> np.ndarray:
             return quantize_float(v, enc, prof.input_rounding, prof.input_reciprocal, prof.input_fp16)
 
-        if enc.per_channel:  # its scales run along one axis: quantize whole
+        if enc.per_channel or compiled.enabled():  # per-axis scales; or the compiled form is parallel itself
             return QTensor(quantize(x), enc)
         return QTensor(in_row_blocks(quantize, x.shape, np.dtype(np.int64), x), enc)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from qdiverge.engines.emulator import compiled
 from qdiverge.engines.emulator.fixed_point import round_to_int, rounding_divide, rounding_right_shift
 from qdiverge.engines.emulator.kernels.rescale import (
     RescaleParams,
@@ -243,9 +244,16 @@ class AveragePool:
 def _reduce(p: MeanParams, x: np.ndarray, axes: tuple[int, ...], keepdims: bool) -> np.ndarray:
     """Mean over ``axes`` of codes ``x`` (any integer dtype): ``sum(q) - count * z_in``, exact."""
     count = math.prod(x.shape[a] for a in axes)
-    # unsigned codes sum in uint32 when that cannot overflow (half the memory traffic of int64)
-    narrow = x.dtype.kind == "u" and count * int(np.iinfo(x.dtype).max) < 1 << 32
-    total = np.sum(x, axis=axes, keepdims=keepdims, dtype=np.uint32 if narrow else np.int64)
+    trailing = axes == tuple(range(x.ndim - len(axes), x.ndim))
+    if compiled.enabled() and trailing and x.size:
+        outer = x.shape[: x.ndim - len(axes)]
+        total = compiled.row_sums(x.reshape(math.prod(outer), count)).reshape(outer)
+        if keepdims:
+            total = total.reshape(outer + (1,) * len(axes))
+    else:
+        # unsigned codes sum in uint32 when that cannot overflow (half the memory traffic of int64)
+        narrow = x.dtype.kind == "u" and count * int(np.iinfo(x.dtype).max) < 1 << 32
+        total = np.sum(x, axis=axes, keepdims=keepdims, dtype=np.uint32 if narrow else np.int64)
     total = total.astype(np.int64) - count * p.z_in
     return _mean(p, total, np.full(total.shape, count, dtype=np.int64))
 
