@@ -228,10 +228,17 @@ def _rss_mb(field: str) -> float:
 
 
 def _memory_child(engine: str, workdir: Path, target: str) -> None:
-    """Print (resident after imports, resident before the run, peak during one warm run) in MB."""
-    import onnxruntime  # noqa: F401  (both engines pay the same imports)
+    """Print (resident after imports, resident before the run, peak during one warm run) in MB.
 
-    import qdiverge.engines.emulator.runner  # noqa: F401
+    Each child imports what its engine needs: onnxruntime (and qdiverge's session helper) for ORT, the
+    emulator (and with the fast extra numba, whose LLVM library alone is ~110 MB of resident file pages)
+    for the emulator; that cost is the emulator's."""
+    import onnxruntime  # noqa: F401
+
+    if engine == "emulate":
+        import qdiverge.engines.emulator.runner  # noqa: F401
+    else:
+        import qdiverge.engines.base  # noqa: F401
 
     imports = _rss_mb("VmRSS")
     x = np.load(workdir / "x.npy")

@@ -112,12 +112,26 @@ class OrtSum:
             self._session = make_session(self.model, shared_arena=True)
             self.model = None  # the session holds the weights now
         n, key = x.shape[0], x.shape[1:]
-        small = n == 1 or self._row_size.get(key, n) * n <= _CHUNK_ELEMENTS
-        if not self.chunkable or x.ndim < 2 or small:  # a 1-D MatMul input is one row
-            out = self._run(x)
-            if self.chunkable and x.ndim >= 2 and n:
-                self._row_size[key] = out.size // n
-            return out
+        if not self.chunkable or x.ndim < 2 or n <= 1:  # a 1-D MatMul input is one row
+            return self._run(x)
+        start, out = 0, None
+        if key not in self._row_size:
+            # one row first: its size sets the chunk, so that no call (not even the first run's, which sizes
+            # the shared arena for good) holds more than about _CHUNK_ELEMENTS outputs
+            first = self._run(x[:1])
+            self._row_size[key] = max(first.size, 1)
+            out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+            out[:1] = first
+            start = 1
+        rows = max(1, _CHUNK_ELEMENTS // self._row_size[key])
+        if out is None and rows >= n:
+            return self._run(x)
+        for i in range(start, n, rows):
+            part = self._run(x[i : i + rows])
+            if out is None:
+                out = np.empty((n, *part.shape[1:]), dtype=part.dtype)
+            out[i : i + rows] = part
+        return out
         rows = max(1, _CHUNK_ELEMENTS // max(self._row_size[key], 1))
         out = None
         for i in range(0, n, rows):
