@@ -140,3 +140,22 @@ def test_emulator_compiled_and_numpy_forms_agree_on_every_tensor(target):
         assert numpy_run.keys() == compiled_run.keys() and len(numpy_run) > 50
         for name, tensor in numpy_run.items():
             np.testing.assert_array_equal(compiled_run[name].codes, tensor.codes, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "dtype, qmin, size",
+    [
+        (np.uint8, 0, 256),
+        (np.int8, -128, 256),
+        (np.uint16, 0, 1 << 16),
+        (np.int16, -32768, 1 << 16),
+        (np.int8, -128, 200),
+    ],
+)
+def test_table_lookup_by_bit_pattern_equals_offset_indexing(dtype, qmin, size):
+    """A table over every code of the storage type is indexed by the codes' bit patterns (rotated table);
+    other tables by the offset code. Both equal ``table[q - qmin]``."""
+    rng = np.random.default_rng(4)
+    table = rng.integers(0, 256, size).astype(np.uint8)
+    x = rng.integers(qmin, qmin + size, (3, 20000)).astype(dtype)
+    np.testing.assert_array_equal(compiled.lookup(x, table, qmin), table[x.astype(np.int64) - qmin])

@@ -98,7 +98,8 @@ def _pair_lookup(a, b, table, a_min, b_min, out):  # pragma: no cover - compiled
         i, k = t // n1, t % n1
         for p in range(n2):
             for q in range(n3):
-                out[i, k, p, q] = table[((a[i, k, p, q] - a_min) << 8) | (b[i, k, p, q] - b_min)]
+                # unsigned indices: no negative-index wraparound test in the loop
+                out[i, k, p, q] = table[np.uint32(((a[i, k, p, q] - a_min) << 8) | (b[i, k, p, q] - b_min))]
 
 
 @_jit
@@ -109,7 +110,7 @@ def _row_pair_lookup(a, b, table, a_min, b_min, out):  # pragma: no cover - comp
     for i in numba.prange(rows):
         base = (b[i] - b_min) << 8
         for j in range(inner):
-            out[i, j] = table[base + a[i, j] - a_min]
+            out[i, j] = table[np.uint32(base + a[i, j] - a_min)]
 
 
 @_jit
@@ -118,7 +119,7 @@ def _lookup(x, table, qmin, out):  # pragma: no cover - compiled
     chunk = 1 << 16
     for t in numba.prange((n + chunk - 1) // chunk):
         for j in range(t * chunk, min(n, (t + 1) * chunk)):
-            out[j] = table[x[j] - qmin]
+            out[j] = table[np.uint32(x[j] - qmin)]
 
 
 @_inline
@@ -165,6 +166,16 @@ def _row_sums(x, out):  # pragma: no cover - compiled
         out[i] = total
 
 
+@_jit
+def _lookup_raw(x, table, out):  # pragma: no cover - compiled
+    # x unsigned: its values index the table directly (no offset, no wraparound test)
+    n = x.size
+    chunk = 1 << 16
+    for t in numba.prange((n + chunk - 1) // chunk):
+        for j in range(t * chunk, min(n, (t + 1) * chunk)):
+            out[j] = table[x[j]]
+
+
 TAILS = {"prescaled": _prescaled_tail, "float": _float_tail, "hardswish": _hardswish_tail}
 
 
@@ -208,7 +219,13 @@ def lookup(x: np.ndarray, table: np.ndarray, qmin: int) -> np.ndarray:
     """``table[x - qmin]`` in one parallel pass."""
     flat = np.ascontiguousarray(x).reshape(-1)
     out = np.empty(flat.shape, dtype=table.dtype)
-    _lookup(flat, table, qmin, out)
+    if x.dtype.itemsize <= 2 and table.size == 1 << (8 * x.dtype.itemsize):
+        # a table over every code of the storage type: index it by the codes' unsigned bit patterns, with
+        # the table rotated so that pattern p finds table[q - qmin] for the code q stored as p
+        unsigned = flat.view(np.uint8 if x.dtype.itemsize == 1 else np.uint16)
+        _lookup_raw(unsigned, np.roll(table, qmin), out)
+    else:
+        _lookup(flat, table, qmin, out)
     return out.reshape(x.shape)
 
 
