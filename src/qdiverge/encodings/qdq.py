@@ -298,4 +298,6 @@ def read_qdq_model(model: onnx.ModelProto, source: str = "QDQ model") -> tuple[o
     proto.CopyFrom(model)
     reader = _QdqReader(proto, source)
     encset = reader.read()
-    return reader.float_graph(), encset
+    # a fresh message: the copy's memory still holds the integer weights and Q/DQ nodes it dropped (protobuf
+    # frees a message's storage only with the message), as much again as the model
+    return onnx.load_from_string(reader.float_graph().SerializeToString()), encset

@@ -8,6 +8,7 @@ every engine sees constants in one place.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from qdiverge.errors import InputError, UnsupportedError
 from qdiverge.fileio import not_found
@@ -245,9 +246,36 @@ def _check_outputs(proto: onnx.ModelProto, nodes: list[onnx.NodeProto], given: s
         raise InputError(f"{path}: graph output(s) {ghosts} are not produced by any node")
 
 
+_SMALL_INITIALIZER = 1024  # elements: shape tensors and scalars stay in a weightless copy (data propagation)
+
+
+def weightless(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` for shape and type inference: large initializers become graph inputs of the same type and
+    shape, so inference does not copy the weights (twice) and leave their memory fragmented behind."""
+    graph = proto.graph
+    declared = {i.name for i in graph.input}
+    small, large = [], []
+    for t in graph.initializer:
+        (small if math.prod(t.dims) <= _SMALL_INITIALIZER else large).append(t)
+    inputs = list(graph.input) + [
+        helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+        for t in large
+        if t.name not in declared
+    ]
+    light = helper.make_model(
+        helper.make_graph(
+            list(graph.node), graph.name, inputs, list(graph.output), small, value_info=list(graph.value_info)
+        ),
+        opset_imports=list(proto.opset_import),
+        functions=list(proto.functions),
+    )
+    light.ir_version = proto.ir_version
+    return light
+
+
 def _infer_shapes(proto: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
     try:
-        inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(weightless(proto), data_prop=True)
     except Exception:  # inference is best effort; engines use real array shapes
         return {}
     shapes: dict[str, tuple[int, ...]] = {}

@@ -35,7 +35,7 @@ from qdiverge.engines.emulator.row_blocks import in_row_blocks
 from qdiverge.engines.emulator.static import SHAPE_OPS, Constants, static_encoding, subgraph_model
 from qdiverge.engines.qtensor import QTensor
 from qdiverge.errors import InputError
-from qdiverge.loading.model import Model, Node
+from qdiverge.loading.model import Model, Node, weightless
 from qdiverge.profiles.fusion import fuses
 from qdiverge.profiles.schema import Profile
 
@@ -121,7 +121,7 @@ def _widened(t: QTensor) -> QTensor:
 
 def _elem_types(model: Model) -> dict[str, int]:
     try:
-        inferred = onnx.shape_inference.infer_shapes(model.proto)
+        inferred = onnx.shape_inference.infer_shapes(weightless(model.proto))
     except Exception:  # best effort: unknown types are treated as float
         inferred = model.proto
     graph = inferred.graph
