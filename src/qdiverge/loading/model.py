@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,40 @@ class TensorInfo:
     dtype: np.dtype
 
 
+class Initializers(Mapping[str, np.ndarray]):
+    """The graph's initializers as numpy arrays, decoded from the proto when read.
+
+    Small tensors (shapes, scalars, biases) are decoded once and kept; a large weight is decoded on each read
+    and not kept, so the model's weights live once (in the proto) instead of twice. Callers that need an
+    array repeatedly keep their own reference."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self._tensors = {t.name: t for t in graph.initializer}
+        self._small: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self._small:
+            return self._small[name]
+        tensor = self._tensors[name]
+        value = numpy_helper.to_array(tensor)
+        if value.size <= _SMALL_INITIALIZER:
+            self._small[name] = value
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """The shape of initializer ``name``, without decoding it."""
+        return tuple(int(d) for d in self._tensors[name].dims)
+
+
 @dataclass
 class Model:
     """A loaded ONNX graph: nodes in topological order plus tensor metadata."""
@@ -56,7 +90,7 @@ class Model:
     path: Path
     proto: onnx.ModelProto
     nodes: list[Node]
-    initializers: dict[str, np.ndarray]
+    initializers: Initializers
     inputs: dict[str, TensorInfo]
     outputs: list[str]
     shapes: dict[str, tuple[int, ...]]
@@ -310,7 +344,7 @@ def model_from_proto(
                 f"{path}: control-flow op {node.op_type} ({node.name or 'unnamed'}) is not supported"
             )
     _fold_constant_nodes(proto, path)
-    initializers = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    initializers = Initializers(proto.graph)
     inputs = _fix_input_shapes(proto, path, set(initializers), input_shapes or {})
     ordered = _topological(list(proto.graph.node), set(inputs) | set(initializers), path)
     _check_outputs(proto, ordered, set(inputs) | set(initializers), path)
@@ -347,8 +381,8 @@ def model_from_proto(
     shapes = _infer_shapes(proto)
     for info in inputs.values():
         shapes[info.name] = info.shape
-    for name, value in initializers.items():
-        shapes[name] = tuple(value.shape)
+    for name in initializers:
+        shapes[name] = initializers.shape(name)
     return Model(
         path=path,
         proto=proto,

@@ -9,6 +9,7 @@ inferable downstream (a Reshape to a computed shape), so shapes are inferred aga
 
 from __future__ import annotations
 
+from collections import ChainMap
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -157,11 +158,12 @@ class Constants:
         self.model = model
         self.encodings = encodings
         self.rounding = weight_rounding
-        self.values: dict[str, np.ndarray] = dict(model.initializers)
+        # folded tensors first, then the initializers (decoded from the model when read, not copied here)
+        self.values: ChainMap[str, np.ndarray] = ChainMap({}, model.initializers)  # type: ignore[arg-type]
         self.derived: dict[str, Encoding] = {}
         self.target: Mapping[str, Encoding | None] = {}
         folded = fold_static(model, types, self.held)
-        self.values.update(folded.values)
+        self.values.maps[0].update(folded.values)
         self.folded_nodes = folded.nodes
         self.shapes = folded.shapes
 
