@@ -228,7 +228,9 @@ def _rss_mb(field: str) -> float:
 
 
 def _memory_child(engine: str, workdir: Path, target: str) -> None:
-    """Print (resident after imports, resident before the run, peak during one warm run) in MB.
+    """Print (resident after imports, resident before the run, peak during one warm run, anonymous resident
+    memory after it) in MB. Anonymous memory is the engine's own data (heap, arenas, tensors), without the
+    file-backed pages of shared libraries.
 
     Each child imports what its engine needs: onnxruntime (and qdiverge's session helper) for ORT, the
     emulator (and with the fast extra numba, whose LLVM library alone is ~110 MB of resident file pages)
@@ -253,7 +255,7 @@ def _memory_child(engine: str, workdir: Path, target: str) -> None:
     with contextlib.suppress(OSError):  # reset VmHWM: the peak of the run, not the setup
         Path("/proc/self/clear_refs").write_text("5")
     run()
-    print(f"{imports:.1f} {before:.1f} {_rss_mb('VmHWM'):.1f}")
+    print(f"{imports:.1f} {before:.1f} {_rss_mb('VmHWM'):.1f} {_rss_mb('RssAnon'):.1f}")
 
 
 def _agreement(emu_codes, ort_logits: np.ndarray, enc) -> str:
@@ -348,16 +350,16 @@ def main() -> None:
             ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             mem[engine] = [float(v) for v in out.split()]
-            imports, before, peak = mem[engine]
+            imports, before, peak, anon = mem[engine]
             print(
                 f"peak RSS of one warm run, {engine}: {peak:.0f} MB "
                 f"(after imports {imports:.0f} MB, before the run {before:.0f} MB, "
-                f"run + engine {peak - imports:.0f} MB)"
+                f"run + engine {peak - imports:.0f} MB; anonymous after the run {anon:.0f} MB)"
             )
-        (ie, _, pe), (io, _, po) = mem["emulate"], mem["ort"]
+        (ie, _, pe, ae), (io, _, po, ao) = mem["emulate"], mem["ort"]
         print(
             f"peak memory ratio emulator/ORT: {pe / po:.2f} "
-            f"(above the import baseline: {(pe - ie) / (po - io):.2f})"
+            f"(above the import baseline: {(pe - ie) / (po - io):.2f}; anonymous: {ae / ao:.2f})"
         )
 
 
