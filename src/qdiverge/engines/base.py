@@ -47,6 +47,7 @@ def make_session(
     optimize: bool = True,
     arena: bool = True,
     shared_arena: bool = False,
+    layout: bool = True,
 ) -> ort.InferenceSession:
     """A CPU onnxruntime session, with default graph optimizations unless ``optimize`` is False.
 
@@ -54,9 +55,12 @@ def make_session(
     layout rewrite, no weight prepacking. That is what aimet-onnx's sim session ends up doing, because
     its QcQuantizeOp custom nodes sit on every weight and activation and block those rewrites.
     ``shared_arena``: allocate from one process-wide arena (the emulator's many per-node sessions).
+    ``layout=False``: all graph optimizations but the NCHWc layout rewrite (and its reorders).
     """
     options = ort.SessionOptions()
     options.log_severity_level = 4  # errors reach the user once, as the exception; not as ORT log lines
+    if not layout:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.add_session_config_entry("session.disable_prepacking", "1")
