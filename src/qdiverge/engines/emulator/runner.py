@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from qdiverge.encodings.schema import Encoding, EncodingSet, encoding_from_range
-from qdiverge.engines.base import make_session
+from qdiverge.engines.base import make_session, release_free_memory
 from qdiverge.engines.emulator import compiled, registry
 from qdiverge.engines.emulator.requant import quantize_float
 from qdiverge.engines.emulator.row_blocks import in_row_blocks
@@ -157,6 +157,8 @@ class Emulator:
             step.output_encodings = tuple(self.target_encodings.get(o) for o in step.outputs)
             self._bind(step)
         self._last_use = self._last_uses()
+        self._warm = False
+        release_free_memory()  # binding freed the temporaries of weight quantization and shape inference
 
     # ---- planning -------------------------------------------------------------------------------
     def _is_float(self, name: str) -> bool:
@@ -349,6 +351,9 @@ class Emulator:
                     if self._last_use.get(name) == k and name not in wanted:
                         values.pop(name, None)
         kept = values if keep == "all" else {n: values[n] for n in self.model.outputs}
+        if not self._warm:  # the first run built the sessions: what that freed goes back to the system
+            self._warm = True
+            release_free_memory()
         return {n: _widened(t) for n, t in kept.items()}
 
     def run_step(self, step: Step, inputs: Mapping[str, QTensor]) -> dict[str, QTensor]:
