@@ -4,13 +4,17 @@
 
 Builds a MobileNetV3-Large-shaped network (seeded random weights, BN folded: 15 bottlenecks, SE blocks,
 HardSwish / HardSigmoid, 224x224 input), derives per-tensor uint8 activation encodings from min/max over a
-calibration batch on onnxruntime, int8 symmetric per-channel weights, then times ``Emulator.run`` (``onnx``
-profile) and an onnxruntime session on the QDQ model (int weights, int32 bias, so ORT fuses QLinear* ops)
-at the same batch in the same process, in alternating blocks of runs (both see the same machine load;
-the load average is printed: on a shared machine, compare the median ratio too). Peak memory is the VmHWM
-of one fresh subprocess per engine that builds only that engine, runs it once to warm up (lazy sessions,
-arenas), resets the high-water mark and runs it again; the resident size after imports (the same modules
-in both) is printed too, so the engine's own share can be compared.
+calibration batch on onnxruntime, int8 symmetric per-channel weights, then times ``Emulator.run`` (``--target``
+profile, default ``htp``) and an onnxruntime session on the QDQ model (int weights, int32 bias, so ORT fuses
+QLinear* ops) at the same batch in the same process, in alternating blocks of runs (both see the same machine
+load; the load average is printed: on a shared machine, compare the median ratio too). With the ``fast`` extra
+installed the emulator uses its compiled kernels; ``QDIVERGE_JIT=0`` measures it without them.
+
+Peak memory is the VmHWM of one fresh subprocess per engine that imports and builds only that engine (numba's
+libraries count for the emulator when it uses them), runs it once to warm up (lazy sessions, arenas), resets
+the high-water mark and runs it again; the resident size after imports and the anonymous resident memory
+(heap, arenas, tensors: no shared-library pages) after the run are printed too. The emulator returns the
+heap its construction freed to the system (``malloc_trim``); onnxruntime's session is measured as it runs.
 
 Agreement: with the ``onnx`` profile the emulator is bit-exact against ORT's fused QDQ model on every
 tensor. Two differences of the *setup*, not of the arithmetic, used to show as up to 37 LSB on the logits:

@@ -233,11 +233,17 @@ ROUNDING_RULES = {"half_even": 0, "half_up": 1, "half_away": 2}
 
 
 def quantize_fp16(
-    x: np.ndarray, inv_scale: np.float32, offset: float, steps: int, qmin: int, rounding: str
+    x: np.ndarray,
+    inv_scale: np.float32,
+    offset: float,
+    steps: int,
+    qmin: int,
+    rounding: str,
+    dtype: type = np.int64,
 ) -> np.ndarray:
-    """``clamp(R(fp16(x * inv_scale)) - offset, 0, steps) + qmin`` as int64, per-tensor parameters."""
+    """``clamp(R(fp16(x * inv_scale)) - offset, 0, steps) + qmin`` as ``dtype``, per-tensor parameters."""
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-    out = np.empty(flat.shape, dtype=np.int64)
+    out = np.empty(flat.shape, dtype=dtype)
     _quantize_fp16(
         flat, inv_scale, np.float32(offset), np.float32(steps), qmin, ROUNDING_RULES[rounding], out
     )

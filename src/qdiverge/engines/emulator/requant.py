@@ -149,9 +149,15 @@ def apply_requant(
 
 
 def quantize_float(
-    x: np.ndarray, enc: Encoding, rounding: str, reciprocal: bool = False, fp16: bool = False
+    x: np.ndarray,
+    enc: Encoding,
+    rounding: str,
+    reciprocal: bool = False,
+    fp16: bool = False,
+    dtype: type = np.int64,
 ) -> np.ndarray:
-    """Storage-domain codes of float ``x`` under ``enc`` (float32 arithmetic, as converters and runtimes do).
+    """Storage-domain codes of float ``x`` under ``enc`` (float32 arithmetic, as converters and runtimes do),
+    as ``dtype`` (int64 for arithmetic; the storage type for tensors that are only passed on).
 
     ``reciprocal=False``: ONNX ``QuantizeLinear``, ``R(x / s) + z``. ``reciprocal=True``: HTP core
     ``saturate_round(z + x * (1/s))`` (the zero point joins before rounding, which matters at ties).
@@ -163,17 +169,17 @@ def quantize_float(
         if compiled.enabled() and rounding in compiled.ROUNDING_RULES and scale.size == 1:
             inv = np.float32(1.0) / scale.reshape(())
             return compiled.quantize_fp16(
-                x, inv, float(offset.reshape(-1)[0]), enc.num_steps, enc.qmin, rounding
+                x, inv, float(offset.reshape(-1)[0]), enc.num_steps, enc.qmin, rounding, dtype
             )
         # float16 values are small integers' neighbours: every step below is exact in float32
         product = (x * (np.float32(1.0) / scale)).astype(np.float16).astype(np.float32)
         q_f = fx.round_to_float(product, rounding) - offset
-        return (np.clip(q_f, 0, enc.num_steps) + enc.qmin).astype(np.int64)
-    elif reciprocal:
+        return (np.clip(q_f, 0, enc.num_steps) + enc.qmin).astype(dtype)
+    if reciprocal:
         q_u = fx.round_to_int(x * (np.float32(1.0) / scale) - offset, rounding)
     else:
         q_u = fx.round_to_int(x / scale, rounding) - offset.astype(np.int64)
-    return np.clip(q_u, 0, enc.num_steps) + enc.qmin
+    return (np.clip(q_u, 0, enc.num_steps) + enc.qmin).astype(dtype, copy=False)
 
 
 def quantize_bias(bias: np.ndarray, acc_scale: np.ndarray, bits: int, rounding: str) -> np.ndarray:

@@ -330,12 +330,14 @@ class Emulator:
         prof = self.profile
         x = np.asarray(value, dtype=np.float32)
 
+        dtype = enc.storage_dtype  # the codes are only passed on: kernels widen what they compute with
+
         def quantize(v: np.ndarray) -> np.ndarray:
-            return quantize_float(v, enc, prof.input_rounding, prof.input_reciprocal, prof.input_fp16)
+            return quantize_float(v, enc, prof.input_rounding, prof.input_reciprocal, prof.input_fp16, dtype)
 
         if enc.per_channel or compiled.enabled():  # per-axis scales; or the compiled form is parallel itself
             return QTensor(quantize(x), enc)
-        return QTensor(in_row_blocks(quantize, x.shape, np.dtype(np.int64), x), enc)
+        return QTensor(in_row_blocks(quantize, x.shape, np.dtype(dtype), x), enc)
 
     def run(self, feeds: Mapping[str, np.ndarray], keep: str = "outputs") -> dict[str, QTensor]:
         """Run every step on float ``feeds``; return the graph outputs (``keep="all"``: every tensor)."""
