@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 numba: Any = None
-if os.environ.get("QDIVERGE_JIT", "1") != "0":  # importing numba costs ~120 MB of memory: only when used
+if os.environ.get("QDIVERGE_JIT", "1") != "0":  # not even imported when disabled: it costs ~120 MB resident
     try:
         import numba
     except ImportError:  # the optional ``fast`` extra is not installed
@@ -35,7 +35,8 @@ def enabled() -> bool:
 def set_enabled(on: bool) -> bool:
     """Switch the compiled kernels on or off (tests compare both forms); returns the previous state.
 
-    Takes effect for kernels bound afterwards. Cannot switch on without numba."""
+    Requantization tails are chosen when a kernel is bound, lookups on each call. Cannot switch on without
+    numba."""
     global _ON
     previous, _ON = _ON, bool(on) and numba is not None
     return previous
