@@ -15,7 +15,9 @@ from qdiverge.engines.emulator.runner import Emulator
 from qdiverge.loading.inputs import input_source
 from qdiverge.pipeline import open_workspace
 
-numba = pytest.importorskip("numba")
+if compiled.numba is None:  # not installed, or QDIVERGE_JIT=0
+    pytest.skip("the compiled kernels are off", allow_module_level=True)
+numba = compiled.numba
 
 F32 = np.float32
 

@@ -363,6 +363,45 @@ def _centring(
     return TensorProto.INT32, nodes, [numpy_helper.from_array(np.float32(x_zero), "xz")]
 
 
+def _multiplier_nodes(ep: Epilogue, channel_shape: tuple[int, ...], code_type: int) -> _FloatTail:
+    """float32 ``acc + bias`` -> codes as the float32-multiplier epilogue: ``acc * m`` (one IEEE rounding), an
+    optional clamp, then ``QuantizeLinear`` with scale 1 and the zero point (rounds half to even, saturates)."""
+    tail = _FloatTail(ep, channel_shape, np.float32)
+    z = ep.out_zero_point
+    lo, hi = next(r for r, t in _CODE_TYPES.items() if t == code_type)
+    acc = "acc"
+    if ep.qmin == z > lo:
+        # a fused Relu clamps at the zero point: since m > 0, R(acc * m) <= 0 exactly when R(max(acc, 0)
+        # * m) = 0, so the clamp can be a Relu on the accumulator, which onnxruntime fuses into the Conv
+        tail.nodes.append(helper.make_node("Relu", ["acc"], ["acc_relu"]))
+        acc, lo = "acc_relu", z
+    multiplier = tail.const("m", ep.requant.multiplier, per_channel=True, fed=True)
+    tail.nodes.append(helper.make_node("Mul", [acc, multiplier], ["scaled"]))
+    source = "scaled"
+    if (ep.qmin, ep.qmax) != (lo, hi):  # a fused Clip: clamping before rounding to integer bounds
+        bounds = [tail.const("lo", ep.qmin - z), tail.const("hi", ep.qmax - z)]
+        tail.nodes.append(helper.make_node("Clip", ["scaled", *bounds], ["clipped"]))
+        source = "clipped"
+    tail.inits.append(numpy_helper.from_array(np.asarray(z, helper.tensor_dtype_to_np_dtype(code_type)), "z"))
+    tail.nodes.append(helper.make_node("QuantizeLinear", [source, tail.const("one", 1.0), "z"], ["y"]))
+    return tail
+
+
+def _session_tail(ep: Epilogue, channel_shape: tuple[int, ...]) -> tuple[_FloatTail, int] | None:
+    """The requantization the session performs itself and its output type; None: it returns the accumulator."""
+    prescaled_type = _prescaled_type(ep)
+    if prescaled_type is not None:
+        build = _prescaled_f32_nodes if _prescaled_steps(ep) is not None else _prescaled_nodes
+        return build(ep, channel_shape, prescaled_type), prescaled_type
+    hardswish_type = _hardswish_type(ep)
+    if hardswish_type is not None:
+        return _hardswish_nodes(ep, channel_shape, hardswish_type), hardswish_type
+    code_type = _code_type(ep)
+    if code_type is not None:
+        return _multiplier_nodes(ep, channel_shape, code_type), code_type
+    return None
+
+
 def _session_model(
     node: onnx.NodeProto,
     inits: list[onnx.TensorProto],
@@ -378,51 +417,16 @@ def _session_model(
     ``compiled_tail`` the graph ends at ``acc`` (the node adds the bias; the tail requantizes).
     """
     x_type, nodes, centring = _centring(x_zero, x_range)
-    inits = [*inits, *centring]
     nodes.append(node)
-    feeds, out, out_type = {}, "acc", TensorProto.FLOAT
-    code_type = _code_type(ep)
-    prescaled_type, hardswish_type = _prescaled_type(ep), _hardswish_type(ep)
-    tail = None
-    if compiled_tail is not None:
-        code_type = None  # the graph ends at the accumulator
-    elif prescaled_type is not None and _prescaled_steps(ep) is not None:
-        tail, out_type = _prescaled_f32_nodes(ep, channel_shape, prescaled_type), prescaled_type
-    elif prescaled_type is not None:
-        tail, out_type = _prescaled_nodes(ep, channel_shape, prescaled_type), prescaled_type
-    elif hardswish_type is not None:
-        tail, out_type = _hardswish_nodes(ep, channel_shape, hardswish_type), hardswish_type
-    if tail is not None:
+    inits = [*inits, *centring]
+    feeds: dict[str, np.ndarray] = {}
+    out, out_type = "acc", TensorProto.FLOAT
+    finish = None if compiled_tail is not None else _session_tail(ep, channel_shape)
+    if finish is not None:
+        tail, out_type = finish
         nodes += tail.nodes
         inits += tail.inits
-        feeds.update(tail.feeds)
-        out = "y"
-    elif code_type is not None:
-        m = ep.requant.multiplier.astype(np.float32)
-        feeds["m"] = m.reshape(channel_shape) if m.size > 1 else m.reshape(())
-        z = ep.out_zero_point
-        lo, hi = next(r for r, t in _CODE_TYPES.items() if t == code_type)
-        acc = "acc"
-        if ep.qmin == z > lo:
-            # a fused Relu clamps at the zero point: since m > 0, R(acc * m) <= 0 exactly when R(max(acc, 0)
-            # * m) = 0, so the clamp can be a Relu on the accumulator, which onnxruntime fuses into the Conv
-            nodes.append(helper.make_node("Relu", ["acc"], ["acc_relu"]))
-            acc, lo = "acc_relu", z
-        nodes.append(helper.make_node("Mul", [acc, "m"], ["scaled"]))
-        source = "scaled"
-        if (ep.qmin, ep.qmax) != (lo, hi):  # a fused Clip: clamping before rounding to integer bounds
-            inits += [
-                numpy_helper.from_array(np.float32(ep.qmin - z), "lo"),
-                numpy_helper.from_array(np.float32(ep.qmax - z), "hi"),
-            ]
-            nodes.append(helper.make_node("Clip", ["scaled", "lo", "hi"], ["clipped"]))
-            source = "clipped"
-        inits += [
-            numpy_helper.from_array(np.float32(1.0), "one"),
-            numpy_helper.from_array(np.asarray(z, dtype=helper.tensor_dtype_to_np_dtype(code_type)), "z"),
-        ]
-        nodes.append(helper.make_node("QuantizeLinear", [source, "one", "z"], ["y"]))
-        out, out_type = "y", code_type
+        feeds, out = tail.feeds, "y"
     graph = helper.make_graph(
         nodes,
         "exact_sum",
