@@ -3,7 +3,8 @@
 Under ``linear``'s float32 bound every product and partial sum of ``sum (x - z_x)(w - z_w)`` is an integer
 below ``2^24``, so MLAS's float32 Conv and GEMM compute it exactly whatever blocking, layout (NCHWc) or
 summation order they pick, and they are 10-50x faster than numpy im2col (multi-threaded, no im2col copy).
-Padding is with 0 = the zero point, because the session is fed the centred codes ``x - z_x``.
+Padding is with 0 = the zero point, because the session centres the codes ``x - z_x`` itself
+(``DequantizeLinear`` with scale 1). Pointwise convs skip the NCHWc rewrite (one GEMM, no reorders).
 
 When the requantization is HTP's ``q12_prescaled`` (8-bit outputs, no fused non-linear activation, no
 int32 wrap to model) and ``|acc + bias| < 2^24``, the session finishes it in float32. The weights and the bias
@@ -22,8 +23,12 @@ after, no fused non-linear activation, ``|acc + bias| < 2^24``) the session also
 epilogue would: the bias in the Conv/Gemm (exact), ``Mul`` by the float32 multiplier (one IEEE rounding),
 an optional ``Clip`` for a fused Relu/Clip, then ``QuantizeLinear`` with scale 1 and the output zero point
 (``x / 1`` is exact; MLAS clamps to the type range and rounds half to even). The multiplier is fed at run time
-so no graph optimizer can fold it into the weights. Otherwise the session returns the float32 accumulator
-and the numpy ``Epilogue`` finishes.
+so no graph optimizer can fold it into the weights. A fused HardSwish is computed in the profile's LUT
+precision with the same operations as the numpy epilogue (its scale fed at run time for the same reason).
+Otherwise the session returns the float32 accumulator and the numpy ``Epilogue`` finishes.
+
+With the ``fast`` extra, the float32 tails (prescaled, multiplier, HardSwish) run instead as one ``compiled``
+pass over the session's accumulator, the same operations in the same order (``CompiledTail``).
 """
 
 from __future__ import annotations
