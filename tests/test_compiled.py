@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -161,3 +164,19 @@ def test_table_lookup_by_bit_pattern_equals_offset_indexing(dtype, qmin, size):
     table = rng.integers(0, 256, size).astype(np.uint8)
     x = rng.integers(qmin, qmin + size, (3, 20000)).astype(dtype)
     np.testing.assert_array_equal(compiled.lookup(x, table, qmin), table[x.astype(np.int64) - qmin])
+
+
+def test_ctrl_c_during_a_compiled_call_is_held_then_raised():
+    """A KeyboardInterrupt raised inside an LLVM callback while numba compiles would be dropped; during a
+    compiled call Ctrl-C is held, the call completes, and the interrupt is raised after it."""
+    finished = []
+
+    def kernel() -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the signal arrives here; the kernel must still finish
+        finished.append(True)
+
+    with pytest.raises(KeyboardInterrupt):
+        compiled._call(kernel)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

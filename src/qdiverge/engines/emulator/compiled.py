@@ -12,7 +12,11 @@ a machine pays the compilation (a few seconds).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -40,6 +44,32 @@ def set_enabled(on: bool) -> bool:
     global _ON
     previous, _ON = _ON, bool(on) and numba is not None
     return previous
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, then raise it.
+
+    numba compiles a kernel on its first call (and loads it from the cache through LLVM callbacks); a
+    KeyboardInterrupt raised inside such a ctypes callback is printed and dropped, and the run would go on."""
+    handler = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or handler in (signal.SIG_IGN, None):
+        yield
+        return
+    pending: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        if pending:
+            raise KeyboardInterrupt
+
+
+def _call(kernel: Callable[..., Any], *args: Any) -> None:
+    """Run a compiled kernel (compiling it first if need be) with Ctrl-C held until it returns."""
+    with _interrupts_deferred():
+        kernel(*args)
 
 
 def _jit(fn: Any) -> Any:
@@ -183,7 +213,7 @@ TAILS = {"prescaled": _prescaled_tail, "float": _float_tail, "hardswish": _hards
 def requant_tail(kind: str, acc: np.ndarray, params: tuple[Any, ...], out_dtype: Any) -> np.ndarray:
     """Codes of ``acc`` (outer, C, inner) float32 through tail ``kind`` with ``params`` (see ``TAILS``)."""
     out = np.empty(acc.shape, dtype=out_dtype)
-    TAILS[kind](acc, *params, out)
+    _call(TAILS[kind], acc, *params, out)
     return out
 
 
@@ -200,7 +230,7 @@ def row_pair_lookup(
     rows = int(np.prod(a.shape[:lead]))
     a2 = np.ascontiguousarray(a).reshape(rows, -1)
     out = np.empty(a2.shape, dtype=b_major.dtype)
-    _row_pair_lookup(a2, np.ascontiguousarray(b).reshape(rows), b_major, a_min, b_min, out)
+    _call(_row_pair_lookup, a2, np.ascontiguousarray(b).reshape(rows), b_major, a_min, b_min, out)
     return out.reshape(a.shape)
 
 
@@ -212,7 +242,7 @@ def pair_lookup(a: np.ndarray, b: np.ndarray, table: np.ndarray, a_min: int, b_m
     full = (1,) * (4 - len(shape)) + shape
     out = np.empty(full, dtype=table.dtype)
     views = [np.broadcast_to(x.reshape((1,) * (4 - x.ndim) + x.shape), full) for x in (a, b)]
-    _pair_lookup(views[0], views[1], table, a_min, b_min, out)
+    _call(_pair_lookup, views[0], views[1], table, a_min, b_min, out)
     return out.reshape(shape)
 
 
@@ -224,9 +254,9 @@ def lookup(x: np.ndarray, table: np.ndarray, qmin: int) -> np.ndarray:
         # a table over every code of the storage type: index it by the codes' unsigned bit patterns, with
         # the table rotated so that pattern p finds table[q - qmin] for the code q stored as p
         unsigned = flat.view(np.uint8 if x.dtype.itemsize == 1 else np.uint16)
-        _lookup_raw(unsigned, np.roll(table, qmin), out)
+        _call(_lookup_raw, unsigned, np.roll(table, qmin), out)
     else:
-        _lookup(flat, table, qmin, out)
+        _call(_lookup, flat, table, qmin, out)
     return out.reshape(x.shape)
 
 
@@ -245,14 +275,13 @@ def quantize_fp16(
     """``clamp(R(fp16(x * inv_scale)) - offset, 0, steps) + qmin`` as ``dtype``, per-tensor parameters."""
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     out = np.empty(flat.shape, dtype=dtype)
-    _quantize_fp16(
-        flat, inv_scale, np.float32(offset), np.float32(steps), qmin, ROUNDING_RULES[rounding], out
-    )
+    rule = ROUNDING_RULES[rounding]
+    _call(_quantize_fp16, flat, inv_scale, np.float32(offset), np.float32(steps), qmin, rule, out)
     return out.reshape(x.shape)
 
 
 def row_sums(x: np.ndarray) -> np.ndarray:
     """Exact int64 sums of the rows of the 2-D integer array ``x``."""
     out = np.empty(x.shape[0], dtype=np.int64)
-    _row_sums(np.ascontiguousarray(x), out)
+    _call(_row_sums, np.ascontiguousarray(x), out)
     return out
