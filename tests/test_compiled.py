@@ -176,7 +176,13 @@ def test_ctrl_c_during_a_compiled_call_is_held_then_raised():
         time.sleep(0.05)  # the signal arrives here; the kernel must still finish
         finished.append(True)
 
-    with pytest.raises(KeyboardInterrupt):
-        compiled._call(kernel)
-    assert finished == [True]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    inherited = signal.signal(
+        signal.SIGINT, signal.default_int_handler
+    )  # even when started with SIGINT ignored
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            compiled._call(kernel)
+        assert finished == [True]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, inherited)
