@@ -89,6 +89,8 @@ def test_sigint_during_a_run_exits_130_and_writes_nothing(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a user's terminal delivers SIGINT; a test run started in the background may have it ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(3.0)  # past imports and model loading, well before 50,000 samples are done
     assert proc.poll() is None, "the run finished before it could be interrupted"
