@@ -25,7 +25,7 @@ numba: Any = None
 if os.environ.get("QDIVERGE_JIT", "1") != "0":  # not even imported when disabled: it costs ~120 MB resident
     try:
         import numba
-    except ImportError:  # the optional ``fast`` extra is not installed
+    except Exception:  # the optional ``fast`` extra is not installed (or cannot load: same results, slower)
         numba = None
 
 _ON = numba is not None
