@@ -242,7 +242,7 @@ def _memory_child(engine: str, workdir: Path, target: str) -> None:
     import onnxruntime  # noqa: F401
 
     if engine == "emulate":
-        import qdiverge.engines.emulator.runner  # noqa: F401
+        import qdiverge.engines.emulator.runner
     else:
         import qdiverge.engines.base  # noqa: F401
 

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from kernel_harness import SINGLE_PROFILE, TFLITE_PROFILE, enc
 
+from qdiverge.engines.emulator import compiled
 from qdiverge.engines.emulator.code_tables import PairTable
 from qdiverge.engines.emulator.kernels.elementwise import Add, Div, Mul, Sub
 from qdiverge.engines.emulator.registry import Binding
+from qdiverge.engines.emulator.row_blocks import in_row_blocks
 from qdiverge.loading.model import Node
 from qdiverge.profiles import load_profile
 
@@ -79,3 +81,22 @@ def test_pair_table_only_for_8_bit_codes():
     assert table is not None and table.values.dtype == np.uint8
     a, b = np.arange(16).repeat(16), np.tile(np.arange(16), 16)
     np.testing.assert_array_equal(table(a, b), 16 * a + b)
+
+
+@pytest.mark.parametrize("b_shape", [(8, 64, 32, 32), (8, 64, 1, 1), (1, 64, 1, 1), (32,)])
+def test_large_lookups_on_row_blocks_equal_the_whole_array(b_shape):
+    """Above the threshold the numpy form splits rows across threads; broadcast inputs go whole to each block."""
+    previous = compiled.set_enabled(False)
+    try:
+        rng = np.random.default_rng(9)
+        table = PairTable.build(lambda a, b: (a * 7 + b * 3) % 251, enc(0.1, 0), enc(0.1, 0))
+        assert table is not None
+        a = rng.integers(0, 256, (8, 64, 32, 32)).astype(np.uint8)  # 2^19 elements, 8 rows
+        b = rng.integers(0, 256, b_shape).astype(np.uint8)
+        want = (a.astype(np.int64) * 7 + b.astype(np.int64) * 3) % 251
+        np.testing.assert_array_equal(table(a, b), want)
+        assert (
+            in_row_blocks(np.add, (8, 64, 32, 32), np.dtype(np.int64), a.astype(np.int64), b).shape == a.shape
+        )
+    finally:
+        compiled.set_enabled(previous)
