@@ -94,7 +94,7 @@ def build_sim_graph(model: Model, encodings: EncodingSet) -> SimGraph:
     new_inits = []
     for init in graph.initializer:
         enc = encodings.params.get(init.name)
-        if enc is not None and model.initializers[init.name].dtype == np.float32:
+        if enc is not None and init.data_type == onnx.TensorProto.FLOAT:
             value = aimet_qdq(model.initializers[init.name], enc)
             new_inits.append(numpy_helper.from_array(value, init.name))
         else:
