@@ -12,8 +12,8 @@ def is_depthwise(node: Node, model: Model) -> bool:
     """A Conv with one input channel per group (depthwise, any depth multiplier)."""
     if node.op_type != "Conv" or len(node.inputs) < 2 or node.inputs[1] not in model.initializers:
         return False
-    weight = model.initializers[node.inputs[1]]
-    return int(node.attr("group", 1)) > 1 and weight.ndim >= 2 and weight.shape[1] == 1
+    shape = model.initializers.shape(node.inputs[1])
+    return int(node.attr("group", 1)) > 1 and len(shape) >= 2 and shape[1] == 1
 
 
 def is_strided_depthwise(node: Node, model: Model) -> bool:
@@ -32,13 +32,14 @@ def bias_of_add(producer: Node, add: Node, model: Model) -> np.ndarray | None:
         return None
     if producer.op_type == "Gemm" and (len(producer.inputs) > 2 and producer.inputs[2]):
         return None  # Gemm already has a bias
-    weight = model.initializers.get(producer.inputs[1])
+    weight = producer.inputs[1]
     others = [i for i in add.inputs if i != producer.outputs[0]]
-    if weight is None or weight.ndim != 2 or len(others) != 1 or others[0] not in model.initializers:
+    if weight not in model.initializers or len(others) != 1 or others[0] not in model.initializers:
         return None
-    columns = (
-        weight.shape[0] if producer.op_type == "Gemm" and producer.attr("transB", 0) else weight.shape[1]
-    )
+    shape = model.initializers.shape(weight)
+    if len(shape) != 2:
+        return None
+    columns = shape[0] if producer.op_type == "Gemm" and producer.attr("transB", 0) else shape[1]
     bias = model.initializers[others[0]]
     out_shape = model.shapes.get(producer.outputs[0])
     rank_ok = bias.ndim <= 1 or (out_shape is not None and bias.ndim <= len(out_shape))
