@@ -213,16 +213,7 @@ def test_conv_accumulation_equals_ort_conv_integer_and_loop(seed):
     )
     got = conv_accumulate(_prepared_conv(case, problem), x.astype(np.int64))
     np.testing.assert_array_equal(got.astype(np.int64), expected)
-    loop = conv_acc_loop(
-        x,
-        x_zp,
-        wq.astype(np.int64) - w_zp,
-        attrs["strides"],
-        attrs.get("dilations", [1, 1]),
-        attrs["pads"],
-        attrs["group"],
-    )
-    np.testing.assert_array_equal(got.astype(np.int64), loop)
+    np.testing.assert_array_equal(got.astype(np.int64), _loop_acc(case, problem, x))
 
 
 def test_float64_path_for_large_bounds_matches_loop():

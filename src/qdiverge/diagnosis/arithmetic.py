@@ -37,13 +37,12 @@ class _Linear:
 
 
 def _linear(ctx: CheckContext, node: Node, channels: int | None = None) -> _Linear | None:
-    w_name, w, axis = ctx.weight(node)
+    w_name, shape, axis = ctx.weight(node)
     w_enc = ctx.own_encoding(w_name)
     in_enc = ctx.input_encoding(node.inputs[0])
     if w_enc is None or in_enc is None or w_enc.is_float or in_enc.is_float:
         return None
     if channels is None:
-        shape = w.shape if w is not None else ctx.model.shapes.get(w_name)
         channels = shape[axis] if shape else w_enc.channels
     last = node
     if node.op_type == "MatMul":  # MatMul + Add(bias): the Add's output is the requantized tensor

@@ -137,13 +137,13 @@ class CheckContext:
         tensors = supergroup_internal_tensors(self.config, self.model)  # chains of node names
         return {t: tuple(op_types[name] for name in chain) for t, chain in tensors.items()}
 
-    def weight(self, node: Node) -> tuple[str, np.ndarray | None, int]:
-        """(name, value, output-channel axis) of a linear op's weight; value None when not a constant."""
+    def weight(self, node: Node) -> tuple[str, tuple[int, ...], int]:
+        """(name, shape, output-channel axis) of a linear op's weight, without decoding its value (read that
+        from ``model.initializers`` where it is needed; it is absent when the weight is not a constant)."""
         name = node.inputs[1] if len(node.inputs) > 1 else ""
-        value = self.model.initializers.get(name)
-        shape = value.shape if value is not None else self.model.shapes.get(name, ())
+        shape = self.model.shapes.get(name, ())
         axes = weight_axes(node, len(shape))
-        return name, value, axes[0] if axes else 0
+        return name, shape, axes[0] if axes else 0
 
     def bias(self, node: Node) -> tuple[str, np.ndarray | None]:
         """(name, value) of a linear op's constant bias: its third input, or MatMul's following Add."""

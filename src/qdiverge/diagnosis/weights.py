@@ -24,10 +24,11 @@ def per_tensor_weight_collapse(ctx: CheckContext) -> list[Finding]:
     for node in ctx.model.nodes:
         if node.op_type not in LINEAR_OPS:
             continue
-        name, w, axis = ctx.weight(node)
+        name, _, axis = ctx.weight(node)
         enc = ctx.encodings.params.get(name)
-        if w is None or enc is None or enc.is_float or enc.per_channel:
+        if enc is None or enc.is_float or enc.per_channel or name not in ctx.model.initializers:
             continue
+        w = ctx.model.initializers[name]
         codes = quantize_float(w, enc, ctx.profile.weight_rounding) - int(enc.zero_point.reshape(-1)[0])
         rows = np.moveaxis(codes, axis, 0).reshape(w.shape[axis], -1)
         floats = np.moveaxis(np.abs(w.astype(np.float64)), axis, 0).reshape(w.shape[axis], -1)

@@ -275,7 +275,7 @@ def _matmul_add(node: Node, model: Model) -> list[Node] | None:
         return None
     add = following[0]
     other = [i for i in add.inputs if i != node.outputs[0]]
-    if len(other) == 1 and model.is_constant(other[0]) and model.initializers[other[0]].ndim == 1:
+    if len(other) == 1 and model.is_constant(other[0]) and len(model.initializers.shape(other[0])) == 1:
         return [node, add]
     return None
 
