@@ -42,6 +42,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from qdiverge.engines.base import make_session
 from qdiverge.engines.emulator import compiled
+from qdiverge.engines.emulator.code_tables import code_dtype
 from qdiverge.engines.emulator.linear import Epilogue
 from qdiverge.engines.emulator.requant import along_axis
 
@@ -163,7 +164,8 @@ def _code_type(ep: Epilogue) -> int | None:
 
 def _range_type(lo: int, hi: int) -> int | None:
     """The narrowest integer tensor type holding ``[lo, hi]`` (None: wider than 16 bits)."""
-    return next((t for (a, b), t in _CODE_TYPES.items() if a <= lo and hi <= b), None)
+    dtype = np.dtype(code_dtype(lo, hi))
+    return helper.np_dtype_to_tensor_dtype(dtype) if dtype.itemsize <= 2 else None
 
 
 def _prescaled_type(ep: Epilogue) -> int | None:
