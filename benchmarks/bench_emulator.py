@@ -14,7 +14,8 @@ Peak memory is the VmHWM of one fresh subprocess per engine that imports and bui
 libraries count for the emulator when it uses them), runs it once to warm up (lazy sessions, arenas), resets
 the high-water mark and runs it again; the resident size after imports and the anonymous resident memory
 (heap, arenas, tensors: no shared-library pages) after the run are printed too. The emulator returns the
-heap its construction freed to the system (``malloc_trim``); onnxruntime's session is measured as it runs.
+heap its construction freed to the system (``malloc_trim``); onnxruntime's session is measured as it runs, and
+once more after the same ``malloc_trim``, for the comparison with equal allocator hygiene.
 
 Agreement: with the ``onnx`` profile the emulator is bit-exact against ORT's fused QDQ model on every
 tensor. Two differences of the *setup*, not of the arithmetic, used to show as up to 37 LSB on the logits:
@@ -241,10 +242,10 @@ def _memory_child(engine: str, workdir: Path, target: str) -> None:
     for the emulator; that cost is the emulator's."""
     import onnxruntime  # noqa: F401
 
+    from qdiverge.engines.base import release_free_memory
+
     if engine == "emulate":
-        import qdiverge.engines.emulator.runner
-    else:
-        import qdiverge.engines.base  # noqa: F401
+        import qdiverge.engines.emulator.runner  # noqa: F401
 
     imports = _rss_mb("VmRSS")
     x = np.load(workdir / "x.npy")
@@ -259,7 +260,14 @@ def _memory_child(engine: str, workdir: Path, target: str) -> None:
     with contextlib.suppress(OSError):  # reset VmHWM: the peak of the run, not the setup
         Path("/proc/self/clear_refs").write_text("5")
     run()
-    print(f"{imports:.1f} {before:.1f} {_rss_mb('VmHWM'):.1f} {_rss_mb('RssAnon'):.1f}")
+    peak, anon = _rss_mb("VmHWM"), _rss_mb("RssAnon")
+    # the same warm run once more after returning the freed heap to the system, as the emulator does itself
+    # after building: what onnxruntime would need with the same allocator hygiene
+    release_free_memory()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    run()
+    print(f"{imports:.1f} {before:.1f} {peak:.1f} {anon:.1f} {_rss_mb('VmHWM'):.1f}")
 
 
 def _agreement(emu_codes, ort_logits: np.ndarray, enc) -> str:
@@ -354,16 +362,20 @@ def main() -> None:
             ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             mem[engine] = [float(v) for v in out.split()]
-            imports, before, peak, anon = mem[engine]
+            imports, before, peak, anon, _ = mem[engine]
             print(
                 f"peak RSS of one warm run, {engine}: {peak:.0f} MB "
                 f"(after imports {imports:.0f} MB, before the run {before:.0f} MB, "
                 f"run + engine {peak - imports:.0f} MB; anonymous after the run {anon:.0f} MB)"
             )
-        (ie, _, pe, ae), (io, _, po, ao) = mem["emulate"], mem["ort"]
+        (ie, _, pe, ae, te), (io, _, po, ao, to) = mem["emulate"], mem["ort"]
         print(
             f"peak memory ratio emulator/ORT: {pe / po:.2f} "
             f"(above the import baseline: {(pe - ie) / (po - io):.2f}; anonymous: {ae / ao:.2f})"
+        )
+        print(
+            f"both after returning their freed heap (malloc_trim): emulator {te:.0f} MB, ORT {to:.0f} MB, "
+            f"ratio {te / to:.2f}"
         )
 
 
